@@ -1,0 +1,44 @@
+"""funcbp: a functional JAX training toolkit with its own reverse-mode autodiff.
+
+``funcbp.vjp``, ``funcbp.grad`` and ``funcbp.value_and_grad`` take the same arguments and
+return the same things as their ``jax`` namesakes, but compute gradients with funcbp's own
+hand-written rules: the function is traced to a jaxpr, evaluated forward keeping what the
+rules need, then walked backward applying one VJP rule per primitive.
+
+Subpackages (imported on first use): ``funcbp.nn``, ``funcbp.losses``, ``funcbp.optim``,
+``funcbp.data``, ``funcbp.train``, ``funcbp.check``, ``funcbp.diagnostics``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from funcbp.autodiff import (
+    UnsupportedPrimitiveError,
+    VJP_RULES,
+    grad,
+    register_vjp_rule,
+    value_and_grad,
+    vjp,
+    vjp_rule,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UnsupportedPrimitiveError",
+    "VJP_RULES",
+    "grad",
+    "register_vjp_rule",
+    "value_and_grad",
+    "vjp",
+    "vjp_rule",
+]
+
+_SUBMODULES = {"nn", "losses", "optim", "data", "train", "check", "diagnostics", "cli"}
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"funcbp.{name}")
+    raise AttributeError(f"module 'funcbp' has no attribute {name!r}")

@@ -1,0 +1,158 @@
+"""The VJP rule table: one entry per JAX primitive.
+
+A rule receives the output cotangent(s), the primitive's input values, the forward output(s)
+as ``out``, a tuple ``needs`` saying which inputs want a cotangent, and the equation's params;
+it returns one cotangent per input (``None`` for "no gradient"). Rules are written with ops that
+funcbp can differentiate again, so gradients of gradients work.
+
+Primitives whose forward must keep more than inputs and outputs (calls into sub-jaxprs, custom
+derivatives, control flow) also register a *forward* rule that returns ``(outputs, residuals)``;
+their VJP rule then receives ``res=residuals``.
+
+Adding a rule for a new primitive is the public extension point::
+
+    from jax import lax
+    import funcbp
+
+    @funcbp.vjp_rule(lax.cbrt_p)
+    def cbrt_vjp(ct, x, *, out, **params):
+        \"\"\"d cbrt(x) = 1 / (3 cbrt(x)^2).\"\"\"
+        return (ct / (3 * out * out),)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jax.extend.core import Primitive
+
+__all__ = [
+    "FORWARD_RULES",
+    "VJP_RULES",
+    "UnsupportedPrimitiveError",
+    "forward_rule",
+    "register_vjp_rule",
+    "rule_for",
+    "vjp_rule",
+]
+
+VjpRule = Callable[..., Any]
+ForwardRule = Callable[..., Any]
+
+#: primitive -> VJP rule. Populated by the modules in this package at import time.
+VJP_RULES: dict[Primitive, VjpRule] = {}
+#: primitive -> forward rule, for primitives whose VJP needs more than inputs and outputs.
+FORWARD_RULES: dict[Primitive, ForwardRule] = {}
+#: primitive -> the module that holds its rule (for error messages and reports).
+RULE_MODULES: dict[Primitive, str] = {}
+
+
+class UnsupportedPrimitiveError(NotImplementedError):
+    """Raised when reverse mode meets a primitive that has no VJP rule in funcbp's table."""
+
+
+def register_vjp_rule(primitive: Primitive, rule: VjpRule, *, forward: ForwardRule | None = None,
+                      override: bool = False) -> VjpRule:
+    """Registers ``rule`` as the VJP rule of ``primitive`` (and optionally its forward rule).
+
+    Args:
+      primitive: a ``jax.extend.core.Primitive`` such as ``jax.lax.tanh_p``.
+      rule: ``rule(ct, *inputs, out, needs, **params) -> tuple`` of one cotangent (or None) per
+        input. For primitives with ``multiple_results``, ``ct`` and ``out`` are lists.
+      forward: optional ``forward(*inputs, needs, **params) -> (outputs, residuals)``; when
+        given, ``rule`` also receives ``res=residuals``.
+      override: replace an existing rule (otherwise registering twice is an error, so two
+        modules cannot silently fight over a primitive).
+
+    Returns:
+      ``rule``, so this can be used as a decorator through :func:`vjp_rule`.
+    """
+    if not isinstance(primitive, Primitive):
+        raise TypeError(f"expected a jax Primitive (e.g. jax.lax.tanh_p), got {primitive!r}")
+    if primitive in VJP_RULES and not override:
+        raise ValueError(
+            f"a VJP rule for '{primitive.name}' is already registered (in "
+            f"{RULE_MODULES.get(primitive, '?')}); pass override=True to replace it")
+    VJP_RULES[primitive] = rule
+    RULE_MODULES[primitive] = getattr(rule, "__module__", "?")
+    if forward is not None:
+        FORWARD_RULES[primitive] = forward
+    elif override:
+        FORWARD_RULES.pop(primitive, None)
+    return rule
+
+
+def vjp_rule(primitive: Primitive, *, forward: ForwardRule | None = None,
+             override: bool = False) -> Callable[[VjpRule], VjpRule]:
+    """Decorator form of :func:`register_vjp_rule`.
+
+    Example::
+
+        @vjp_rule(lax.tanh_p)
+        def tanh_vjp(ct, x, *, out, **params):
+            return (ct * (1 - out * out),)
+    """
+    def register(rule: VjpRule) -> VjpRule:
+        return register_vjp_rule(primitive, rule, forward=forward, override=override)
+    return register
+
+
+def forward_rule(primitive: Primitive) -> Callable[[ForwardRule], ForwardRule]:
+    """Decorator registering the forward half of a primitive whose VJP needs residuals."""
+    def register(fwd: ForwardRule) -> ForwardRule:
+        FORWARD_RULES[primitive] = fwd
+        return fwd
+    return register
+
+
+_MODULE_FOR_FAMILY = {
+    "elementwise": "funcbp/autodiff/rules/elementwise.py",
+    "linalg": "funcbp/autodiff/rules/linalg.py",
+    "structural": "funcbp/autodiff/rules/structural.py",
+    "reductions": "funcbp/autodiff/rules/reductions.py",
+    "conv": "funcbp/autodiff/rules/conv.py",
+    "calls": "funcbp/autodiff/rules/calls.py",
+    "control": "funcbp/autodiff/rules/control.py",
+}
+
+
+def _suggest_module(name: str) -> str:
+    if name.startswith(("reduce_window", "conv", "select_and")):
+        return _MODULE_FOR_FAMILY["conv"]
+    if name.startswith(("reduce_", "cum", "arg", "sort", "top_k")):
+        return _MODULE_FOR_FAMILY["reductions"]
+    if name in ("scan", "cond", "while"):
+        return _MODULE_FOR_FAMILY["control"]
+    if name.startswith(("dot", "triangular", "cholesky")):
+        return _MODULE_FOR_FAMILY["linalg"]
+    if name in ("broadcast_in_dim", "reshape", "squeeze", "transpose", "rev", "slice", "pad",
+                "concatenate", "gather", "scatter", "scatter-add", "dynamic_slice",
+                "dynamic_update_slice", "split"):
+        return _MODULE_FOR_FAMILY["structural"]
+    return _MODULE_FOR_FAMILY["elementwise"]
+
+
+def rule_for(primitive: Primitive, where: str | None = None) -> VjpRule:
+    """Looks up the VJP rule of ``primitive``, raising a helpful error if there is none."""
+    try:
+        return VJP_RULES[primitive]
+    except KeyError:
+        name = primitive.name
+        loc = f" ({where})" if where else ""
+        raise UnsupportedPrimitiveError(
+            f"no VJP rule for '{name}'{loc}.\n"
+            f"Add one in {_suggest_module(name)} with @vjp_rule(<the {name} primitive>), or "
+            f"from your own code with funcbp.register_vjp_rule(primitive, rule); "
+            f"see funcbp/autodiff/README.md, 'Adding a rule'.") from None
+
+
+# Import the rule families so that they register themselves.
+from funcbp.autodiff.rules import (  # noqa: E402,F401
+    calls,
+    conv,
+    elementwise,
+    linalg,
+    reductions,
+    structural,
+)

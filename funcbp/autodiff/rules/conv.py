@@ -1,0 +1,1 @@
+"""VJP rules for convolutions and windowed reductions (pooling)."""

@@ -1,0 +1,129 @@
+"""VJP rules for primitives that move values around: broadcast, reshape, slice, pad, concat.
+
+These are linear, so each rule is the transpose of its primitive: a broadcast's cotangent is a
+sum, a slice's is a zero-padding, a pad's is a (strided) slice, a concatenation's is a split.
+Gather and scatter live in :mod:`.indexing`.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from funcbp.autodiff.rules import vjp_rule
+
+__all__: list[str] = []
+
+
+@vjp_rule(lax.broadcast_in_dim_p)
+def broadcast_in_dim_vjp(ct, x, *dyn_shape, shape, broadcast_dimensions, **params):
+    """Broadcasting copies values, so its cotangent sums over the copies."""
+    x_shape = np.shape(x)
+    summed = [d for d in range(len(shape)) if d not in broadcast_dimensions]
+    summed += [broadcast_dimensions[i] for i, n in enumerate(x_shape)
+               if n == 1 and shape[broadcast_dimensions[i]] != 1]
+    r = lax.reduce_sum(ct, tuple(sorted(summed))) if summed else ct
+    return (r.reshape(x_shape) if r.shape != x_shape else r, *[None] * len(dyn_shape))
+
+
+@vjp_rule(lax.reshape_p)
+def reshape_vjp(ct, x, *dyn_shape, **params):
+    """A reshape's cotangent is reshaped back."""
+    return (ct.reshape(np.shape(x)), *[None] * len(dyn_shape))
+
+
+@vjp_rule(lax.squeeze_p)
+def squeeze_vjp(ct, x, *, dimensions, **params):
+    """Squeezing drops size-1 dims; the cotangent gets them back."""
+    return (ct.reshape(np.shape(x)),)
+
+
+@vjp_rule(lax.transpose_p)
+def transpose_vjp(ct, x, *, permutation, **params):
+    """The cotangent is transposed by the inverse permutation."""
+    return (lax.transpose(ct, tuple(np.argsort(permutation))),)
+
+
+@vjp_rule(lax.rev_p)
+def rev_vjp(ct, x, *, dimensions, **params):
+    """Reversal is its own transpose."""
+    return (lax.rev(ct, dimensions),)
+
+
+@vjp_rule(lax.slice_p)
+def slice_vjp(ct, x, *, start_indices, limit_indices, strides, **params):
+    """A (strided) slice's cotangent is zero-padded back to the input's shape."""
+    shape = np.shape(x)
+    strides = strides or (1,) * len(shape)
+    config = []
+    for n, start, stride, m in zip(shape, start_indices, strides, ct.shape, strict=True):
+        if m == 0:
+            config.append((start, n - start, 0))
+        else:
+            config.append((start, n - (start + (m - 1) * stride + 1), stride - 1))
+    return (lax.pad(ct, jnp.zeros((), ct.dtype), config),)
+
+
+@vjp_rule(lax.pad_p)
+def pad_vjp(ct, x, padding_value, *, padding_config, **params):
+    """pad's cotangent: crop the edges, then take every (interior+1)-th element.
+
+    The padding value receives the sum of the cotangent over every padded position.
+    """
+    shape = np.shape(x)
+
+    def d_x():
+        if 0 in shape:
+            return jnp.zeros(shape, ct.dtype)
+        unpadded = lax.pad(ct, jnp.zeros((), ct.dtype), [(-lo, -hi, 0) for lo, hi, _ in padding_config])
+        return lax.slice(unpadded, (0,) * len(shape), unpadded.shape,
+                         tuple(interior + 1 for _, _, interior in padding_config))
+
+    def d_value():
+        total = lax.reduce_sum(ct, tuple(range(ct.ndim)))
+        return total - lax.reduce_sum(d_x(), tuple(range(len(shape))))
+    return (d_x, d_value)
+
+
+@vjp_rule(lax.concatenate_p)
+def concatenate_vjp(ct, *operands, dimension, **params):
+    """A concatenation's cotangent is split back into the pieces."""
+    cts, start = [], 0
+    for x in operands:
+        size = np.shape(x)[dimension]
+        cts.append(lax.slice_in_dim(ct, start, start + size, axis=dimension))
+        start += size
+    return tuple(cts)
+
+
+if hasattr(lax, "split_p"):
+    @vjp_rule(lax.split_p)
+    def split_vjp(cts, x, *, sizes, axis, **params):
+        """split's cotangent concatenates the pieces' cotangents (zeros where none flowed)."""
+        shape = list(np.shape(x))
+        pieces = []
+        for ct, size in zip(cts, sizes, strict=True):
+            if ct is None:
+                shape[axis] = size
+                ct = jnp.zeros(shape, jnp.result_type(x))
+            pieces.append(ct)
+        return (lax.concatenate(pieces, axis),)
+
+
+@vjp_rule(lax.dynamic_slice_p)
+def dynamic_slice_vjp(ct, x, *starts, slice_sizes, **params):
+    """The slice's cotangent is written into zeros at the (clamped) start indices."""
+    zeros = jnp.zeros(np.shape(x), ct.dtype)
+    return (lax.dynamic_update_slice(zeros, ct, starts), *[None] * len(starts))
+
+
+@vjp_rule(lax.dynamic_update_slice_p)
+def dynamic_update_slice_vjp(ct, x, update, *starts, **params):
+    """The operand's cotangent has a hole where the update went; the update's is that slice."""
+    def d_x():
+        return lax.dynamic_update_slice(ct, jnp.zeros(np.shape(update), ct.dtype), starts)
+
+    def d_update():
+        return lax.dynamic_slice(ct, starts, np.shape(update))
+    return (d_x, d_update, *[None] * len(starts))

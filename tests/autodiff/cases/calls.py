@@ -1,0 +1,80 @@
+"""Cases for call-like primitives: nested jit, custom_jvp, custom_vjp, remat, barriers."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from tests.autodiff.cases import Case, args, normal
+from tests.autodiff.cases.elementwise import ties
+
+
+@jax.custom_jvp
+def softclip(x, limit):
+    """A user function with a custom JVP whose rule closes over a traced argument."""
+    return limit * jnp.tanh(x / limit)
+
+
+@softclip.defjvp
+def _softclip_jvp(primals, tangents):
+    x, limit = primals
+    dx, dlimit = tangents
+    y = softclip(x, limit)
+    t = jnp.tanh(x / limit)
+    return y, dx * (1 - t * t) + dlimit * (t - (x / limit) * (1 - t * t))
+
+
+@jax.custom_vjp
+def scaled_square(x, s):
+    return s * x * x
+
+
+def _scaled_square_fwd(x, s):
+    return s * x * x, (x, s)
+
+
+def _scaled_square_bwd(res, ct):
+    x, s = res
+    return 2 * s * x * ct, jnp.sum(x * x * ct).reshape(jnp.shape(s))
+
+
+scaled_square.defvjp(_scaled_square_fwd, _scaled_square_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def clip_gradient(x, bound):
+    return x
+
+
+def _clip_fwd(x, bound):
+    return x, None
+
+
+def _clip_bwd(bound, _, ct):
+    return (jnp.clip(ct, -bound, bound),)
+
+
+clip_gradient.defvjp(_clip_fwd, _clip_bwd)
+
+
+def _nested_jit(x, y):
+    inner = jax.jit(lambda a, b: jnp.sin(a) * b)
+    return jax.jit(lambda a: inner(a, y) + inner(y, a))(x)
+
+
+CASES = [
+    Case("jit_nested", _nested_jit, args(normal(3, 4), normal(3, 4))),
+    Case("custom_jvp_relu_kink", lambda x: jax.nn.relu(x) * 3.0, args(ties(3, 4)), fd=False),
+    Case("custom_jvp_user_rule", softclip, args(normal(3, 4, scale=3.0), normal(3, 4, scale=0.1)
+                                                 .__class__ and (lambda k, d: 1.5 + jax.random.uniform(k, (3, 4), d)))),
+    Case("custom_jvp_logsumexp_stable", lambda x: jax.nn.logsumexp(x * 1e4, axis=0),
+         args(normal(3, 4)), fd=False),
+    Case("custom_vjp_user_rule", scaled_square, args(normal(3, 4), normal())),
+    Case("custom_vjp_nondiff_arg", lambda x: clip_gradient(x * 3.0, 0.5) * x, args(normal(3, 4)),
+         fd=False),
+    Case("remat_checkpoint", jax.checkpoint(lambda x, w: jnp.tanh(x @ w) @ w.T),
+         args(normal(3, 4), normal(4, 4))),
+    Case("optimization_barrier", lambda x, y: sum(lax.optimization_barrier((x * 2.0, y))),
+         args(normal(3), normal(3))),
+]

@@ -1,0 +1,124 @@
+"""Every registered VJP rule against jax.vjp (random cotangents) and finite differences."""
+
+from __future__ import annotations
+
+import jax
+import jax.test_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.extend import core
+
+import funcbp
+from tests.autodiff.cases import all_cases
+
+CASES = all_cases()
+WRAPS = {"eager": lambda f: f, "jit": jax.jit}
+
+
+def _float_argnums(values):
+    return tuple(i for i, a in enumerate(values) if jnp.issubdtype(jnp.result_type(a), jnp.inexact))
+
+
+def _random_like(key, tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    return treedef.unflatten(
+        [jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
+         if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+         else np.zeros(jnp.shape(x), jax.dtypes.float0) for k, x in zip(keys, leaves)])
+
+
+def pull_back(vjp, fun, values, ct_key):
+    """Cotangents of fun's float arguments for a random output cotangent."""
+    nums = _float_argnums(values)
+
+    def partial_fun(*dyn):
+        full = list(values)
+        for n, a in zip(nums, dyn, strict=True):
+            full[n] = a
+        return fun(*full)
+
+    out, pullback = vjp(partial_fun, *[values[n] for n in nums])
+    return pullback(_random_like(ct_key, out))
+
+
+def _sample(case, seed, dtype):
+    return case.sample(jax.random.key(seed), jnp.dtype(dtype))
+
+
+@pytest.mark.parametrize("wrap", list(WRAPS), ids=list(WRAPS))
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_rule_matches_jax_vjp(case, dtype, wrap):
+    if dtype not in case.dtypes:
+        pytest.skip(f"{case.name} does not run in {dtype}")
+    seed = abs(hash((case.name, dtype))) % 2**31  # fresh inputs per case, reproducible per run
+    with jax.enable_x64(dtype == "float64"):
+        values = _sample(case, seed, dtype)
+        ct_key = jax.random.key(seed + 1)
+        ours = WRAPS[wrap](lambda *v: pull_back(funcbp.vjp, case.fun, v, ct_key))(*values)
+        ref = WRAPS[wrap](lambda *v: pull_back(jax.vjp, case.fun, v, ct_key))(*values)
+        rtol, atol = (case.rtol, case.atol) if dtype == "float32" else (case.x64_rtol, 1e-12)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
+            assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol),
+                     ours, ref)
+
+
+FD_CASES = [c for c in CASES if c.fd and "float64" in c.dtypes]
+
+
+@pytest.mark.parametrize("case", FD_CASES, ids=[c.name for c in FD_CASES])
+def test_rule_matches_finite_differences(case):
+    with jax.enable_x64(True):
+        values = _sample(case, 7, "float64")
+        nums = _float_argnums(values)
+
+        def f(*dyn):
+            full = list(values)
+            for n, a in zip(nums, dyn, strict=True):
+                full[n] = a
+            return case.fun(*full)
+
+        dyn = tuple(values[n] for n in nums)
+        jax.test_util.check_vjp(f, lambda *a: funcbp.vjp(f, *a), dyn, atol=1e-6, rtol=1e-6,
+                                eps=case.fd_eps)
+
+
+def _primitives(jaxpr: core.Jaxpr, seen: set) -> set:
+    for eqn in jaxpr.eqns:
+        seen.add(eqn.primitive)
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (tuple, list)) else (p,):
+                if isinstance(sub, core.ClosedJaxpr):
+                    _primitives(sub.jaxpr, seen)
+                elif isinstance(sub, core.Jaxpr):
+                    _primitives(sub, seen)
+    return seen
+
+
+def test_every_registered_rule_has_a_case():
+    covered: set = set()
+    for case in CASES:
+        values = _sample(case, 0, case.dtypes[0])
+        _primitives(jax.make_jaxpr(case.fun)(*values).jaxpr, covered)
+    missing = sorted(p.name for p in funcbp.VJP_RULES if p not in covered)
+    assert not missing, f"registered rules with no test case in tests/autodiff/cases: {missing}"
+
+
+def test_a_planted_wrong_rule_is_caught():
+    """The comparison above is sharp enough to notice a subtly wrong rule."""
+    from jax import lax
+
+    good = funcbp.VJP_RULES[lax.tanh_p]
+    funcbp.register_vjp_rule(lax.tanh_p, lambda ct, x, *, out, **p: (ct * (1 - out * out * 1.001),),
+                             override=True)
+    try:
+        x = jax.random.normal(jax.random.key(0), (5,))
+        ours = funcbp.grad(lambda x: jnp.sum(jnp.tanh(x)))(x)
+        ref = jax.grad(lambda x: jnp.sum(jnp.tanh(x)))(x)
+        with pytest.raises(AssertionError):
+            np.testing.assert_allclose(ours, ref, rtol=2e-5, atol=1e-6)
+    finally:
+        funcbp.register_vjp_rule(lax.tanh_p, good, override=True)
