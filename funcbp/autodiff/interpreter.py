@@ -96,8 +96,12 @@ def forward(jaxpr: core.Jaxpr, consts: list[Any], args: list[Any],
     return [_read(env, v) for v in jaxpr.outvars], record
 
 
-def backward(record: Record, cts_out: list[Any]) -> list[Any]:
-    """Pulls the output cotangents ``cts_out`` back to the jaxpr's inputs (None = zero)."""
+def backward(record: Record, cts_out: list[Any], observer: Any = None) -> list[Any]:
+    """Pulls the output cotangents ``cts_out`` back to the jaxpr's inputs (None = zero).
+
+    ``observer``, if given, is called as ``observer(eqn, cts_out, cts_in)`` after each rule is
+    applied (``cts_in`` with None where no cotangent flows); ``funcbp.explain`` uses it.
+    """
     jaxpr, env, active = record.jaxpr, record.env, record.active
     cotangents: dict[Any, Any] = {}
     for v, ct in zip(jaxpr.outvars, cts_out, strict=True):
@@ -122,11 +126,15 @@ def backward(record: Record, cts_out: list[Any]) -> list[Any]:
             raise RuntimeError(
                 f"the VJP rule for '{eqn.primitive.name}' returned {len(cts_in)} cotangents "
                 f"for {len(eqn.invars)} inputs; a rule returns one per input (None for none)")
+        computed = []
         for v, ct, need in zip(eqn.invars, cts_in, needs, strict=True):
             if need and ct is not None:
                 if callable(ct):
                     ct = ct()  # rules may defer work that only some inputs need
                 accumulate(cotangents, active, v, ct, f"the '{eqn.primitive.name}' rule")
+            computed.append(ct if need and not callable(ct) else None)
+        if observer is not None:
+            observer(eqn, cts, computed)
     return [cotangents.pop(v, None) if v in active else None for v in jaxpr.invars]
 
 

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax._src import ad_checkpoint, pjit
 from jax._src import custom_derivatives as cd
@@ -52,6 +54,13 @@ def jit_vjp(cts, *args, res, **params):
 register_vjp_rule(pjit.jit_p, jit_vjp, forward=jit_forward)
 
 
+def _zero_tangent(aval):
+    tangent_aval = aval.to_tangent_aval()
+    if tangent_aval.dtype == jax.dtypes.float0:
+        return np.zeros(tangent_aval.shape, jax.dtypes.float0)
+    return _interp().zeros_like_aval(tangent_aval)
+
+
 # --- custom_jvp -------------------------------------------------------------------------------
 
 def custom_jvp_call_vjp(cts, *args, out, needs, call_jaxpr, jvp_jaxpr_fun, num_consts,
@@ -64,20 +73,22 @@ def custom_jvp_call_vjp(cts, *args, out, needs, call_jaxpr, jvp_jaxpr_fun, num_c
     """
     interp = _interp()
     primals = list(args[num_consts:])
-    wanted = [n and interp.is_differentiable(aval)
-              for n, aval in zip(needs[num_consts:], call_jaxpr.in_avals[num_consts:],
-                                 strict=True)]
-    in_zeros = [not w for w in wanted]
+    in_avals = call_jaxpr.in_avals[num_consts:]
+    wanted = [bool(n) and interp.is_differentiable(aval)
+              for n, aval in zip(needs[num_consts:], in_avals, strict=True)]
+    # Rules written without symbolic_zeros expect a (zero) tangent for every input.
+    in_zeros = [not w for w in wanted] if symbolic_zeros else [False] * len(primals)
     jvp_jaxpr, jvp_consts, out_zeros = jvp_jaxpr_fun.call_wrapped(*in_zeros)
-    tangent_avals = [a for a, w in zip(call_jaxpr.in_avals[num_consts:], wanted, strict=True) if w]
-    tangents = [interp.zeros_like_aval(a) for a in tangent_avals]
-    active = [False] * len(primals) + [True] * len(tangents)
+    kept = [i for i, z in enumerate(in_zeros) if not z]
+    tangents = [_zero_tangent(in_avals[i]) for i in kept]
+    active = [False] * len(primals) + [wanted[i] for i in kept]
     _, record = interp.forward(jvp_jaxpr, list(jvp_consts), primals + tangents, active)
     nonzero_cts = [ct for ct, z in zip(cts, out_zeros, strict=True) if not z]
     cts_all = [None] * len(out_zeros) + nonzero_cts
-    cts_in = interp.backward(record, cts_all)[len(primals):]
-    it = iter(cts_in)
-    result = [next(it) if w else None for w in wanted]
+    cts_tangents = interp.backward(record, cts_all)[len(primals):]
+    result = [None] * len(primals)
+    for i, ct in zip(kept, cts_tangents, strict=True):
+        result[i] = ct if wanted[i] else None
     return (None,) * num_consts + tuple(result)
 
 

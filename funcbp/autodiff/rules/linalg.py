@@ -66,7 +66,6 @@ def dot_general_vjp(ct, lhs, rhs, *, dimension_numbers, precision=None,
     (lc, rc), (lb, rb) = dimension_numbers
     nb = len(lb)
     lhs_free = _free(lhs.ndim, lc, lb)
-    rhs_free = _free(rhs.ndim, rc, rb)
     ct_lhs_free = list(range(nb, nb + len(lhs_free)))
     ct_rhs_free = list(range(nb + len(lhs_free), ct.ndim))
     lhs_dtype, rhs_dtype = jnp.result_type(lhs), jnp.result_type(rhs)

@@ -76,7 +76,8 @@ def pad_vjp(ct, x, padding_value, *, padding_config, **params):
     def d_x():
         if 0 in shape:
             return jnp.zeros(shape, ct.dtype)
-        unpadded = lax.pad(ct, jnp.zeros((), ct.dtype), [(-lo, -hi, 0) for lo, hi, _ in padding_config])
+        crop = [(-lo, -hi, 0) for lo, hi, _ in padding_config]
+        unpadded = lax.pad(ct, jnp.zeros((), ct.dtype), crop)
         return lax.slice(unpadded, (0,) * len(shape), unpadded.shape,
                          tuple(interior + 1 for _, _, interior in padding_config))
 

@@ -1,0 +1,1 @@
+"""Same-process benchmarks of funcbp against jax.grad (and PyTorch where noted)."""

@@ -1,0 +1,79 @@
+"""Benchmark models, written by hand over plain parameter dicts (no funcbp.nn dependency)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _dense(key, m, n):
+    return {"w": jax.random.normal(key, (m, n)) * jnp.sqrt(2.0 / m), "b": jnp.zeros(n)}
+
+
+def xent(logits, labels):
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+
+def mlp(sizes, act=jax.nn.relu):
+    """An MLP over ``sizes``; returns (init(key) -> params, loss(params, x, y))."""
+    def init(key):
+        keys = jax.random.split(key, len(sizes) - 1)
+        return {f"dense_{i}": _dense(k, m, n)
+                for i, (k, m, n) in enumerate(zip(keys, sizes[:-1], sizes[1:]))}
+
+    def apply(params, x):
+        n = len(params)
+        for i in range(n):
+            x = x @ params[f"dense_{i}"]["w"] + params[f"dense_{i}"]["b"]
+            if i < n - 1:
+                x = act(x)
+        return x
+
+    def loss(params, x, y):
+        return xent(apply(params, x), y)
+    return init, loss
+
+
+def _maxpool(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def cnn():
+    """conv3x3(32)-relu-maxpool2-conv3x3(64)-relu-maxpool2-dense(10) on 28x28x1, NHWC."""
+    def init(key):
+        k = jax.random.split(key, 3)
+        return {
+            "conv_0": {"w": jax.random.normal(k[0], (3, 3, 1, 32)) * jnp.sqrt(2 / 9),
+                       "b": jnp.zeros(32)},
+            "conv_1": {"w": jax.random.normal(k[1], (3, 3, 32, 64)) * jnp.sqrt(2 / 288),
+                       "b": jnp.zeros(64)},
+            "dense_0": _dense(k[2], 7 * 7 * 64, 10),
+        }
+
+    def apply(params, x):
+        for name in ("conv_0", "conv_1"):
+            x = lax.conv_general_dilated(x, params[name]["w"], (1, 1), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x = _maxpool(jax.nn.relu(x + params[name]["b"]))
+        x = x.reshape(x.shape[0], -1)
+        return x @ params["dense_0"]["w"] + params["dense_0"]["b"]
+
+    def loss(params, x, y):
+        return xent(apply(params, x), y)
+    return init, loss
+
+
+CASES = {
+    "mlp_784_512_512_10_b128": (lambda: mlp((784, 512, 512, 10)), (128, 784)),
+    "mlp_784_512_512_10_b1024": (lambda: mlp((784, 512, 512, 10)), (1024, 784)),
+    "cnn_28x28_b128": (cnn, (128, 28, 28, 1)),
+    "sigmoid_mlp_10_layers_b128": (lambda: mlp((784,) + (256,) * 9 + (10,), jax.nn.sigmoid),
+                                   (128, 784)),
+}
+
+
+def batch(shape, seed=1):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return jax.random.normal(k1, shape), jax.random.randint(k2, (shape[0],), 0, 10)
