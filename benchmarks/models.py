@@ -65,6 +65,72 @@ def cnn():
     return init, loss
 
 
+def gru(steps: int = 64, in_dim: int = 64, hidden: int = 128, classes: int = 10):
+    """A GRU (PyTorch's gate order r, z, n) over ``steps`` by ``lax.scan``, then dense(classes).
+
+    Input ``(batch, steps, in_dim)``; the input projection of all steps is one matmul outside
+    the scan, the recurrent matmul runs per step.
+    """
+    def init(key):
+        k = jax.random.split(key, 3)
+        s = 1.0 / jnp.sqrt(hidden)
+        return {"gru": {"w_i": jax.random.uniform(k[0], (in_dim, 3 * hidden), minval=-s, maxval=s),
+                        "w_h": jax.random.uniform(k[1], (hidden, 3 * hidden), minval=-s, maxval=s),
+                        "b_i": jnp.zeros(3 * hidden), "b_h": jnp.zeros(3 * hidden)},
+                "dense_0": _dense(k[2], hidden, classes)}
+
+    def apply(params, x):
+        p = params["gru"]
+        xs = jnp.swapaxes(x @ p["w_i"] + p["b_i"], 0, 1)        # (steps, batch, 3 * hidden)
+
+        def cell(h, xt):
+            xr, xz, xn = jnp.split(xt, 3, axis=-1)
+            hr, hz, hn = jnp.split(h @ p["w_h"] + p["b_h"], 3, axis=-1)
+            r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
+            n = jnp.tanh(xn + r * hn)
+            return (1 - z) * n + z * h, None
+
+        h, _ = lax.scan(cell, jnp.zeros((x.shape[0], hidden), x.dtype), xs)
+        return h @ params["dense_0"]["w"] + params["dense_0"]["b"]
+
+    def loss(params, x, y):
+        return xent(apply(params, x), y)
+    return init, loss
+
+
+def layer_norm(x, p, eps=1e-5):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    return (x - mean) * lax.rsqrt(var + eps) * p["scale"] + p["bias"]
+
+
+def transformer(d: int = 128, heads: int = 4, ff: int = 512, classes: int = 10):
+    """One pre-LayerNorm transformer block (softmax attention + tanh-GELU MLP), mean-pooled
+    over the sequence, then dense(classes). Input ``(batch, seq, d)``."""
+    def init(key):
+        k = jax.random.split(key, 5)
+        ln = lambda: {"scale": jnp.ones(d), "bias": jnp.zeros(d)}
+        return {"ln_0": ln(), "qkv": _dense(k[0], d, 3 * d), "proj": _dense(k[1], d, d),
+                "ln_1": ln(), "mlp_0": _dense(k[2], d, ff), "mlp_1": _dense(k[3], ff, d),
+                "head": _dense(k[4], d, classes)}
+
+    def apply(params, x):
+        b, t, _ = x.shape
+        dense = lambda name, h: h @ params[name]["w"] + params[name]["b"]
+        q, k, v = jnp.split(dense("qkv", layer_norm(x, params["ln_0"])), 3, axis=-1)
+        q, k, v = (a.reshape(b, t, heads, d // heads) for a in (q, k, v))
+        scores = jnp.einsum("bthd,bshd->bhts", q, k) / jnp.sqrt(d // heads).astype(x.dtype)
+        att = jnp.einsum("bhts,bshd->bthd", jax.nn.softmax(scores, axis=-1), v)
+        x = x + dense("proj", att.reshape(b, t, d))
+        h = jax.nn.gelu(dense("mlp_0", layer_norm(x, params["ln_1"])), approximate=True)
+        x = x + dense("mlp_1", h)
+        return dense("head", jnp.mean(x, axis=1))
+
+    def loss(params, x, y):
+        return xent(apply(params, x), y)
+    return init, loss
+
+
 CASES = {
     "mlp_784_512_512_10_b128": (lambda: mlp((784, 512, 512, 10)), (128, 784)),
     "mlp_784_512_512_10_b1024": (lambda: mlp((784, 512, 512, 10)), (1024, 784)),
