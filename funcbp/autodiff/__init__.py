@@ -1,5 +1,6 @@
 """funcbp's reverse-mode autodiff: api (jax's signatures), trace, interpreter, rules."""
 
+from funcbp.autodiff.api import grad, value_and_grad, vjp  # noqa: E402
 from funcbp.autodiff.rules import (
     FORWARD_RULES,
     VJP_RULES,
@@ -7,7 +8,6 @@ from funcbp.autodiff.rules import (
     register_vjp_rule,
     vjp_rule,
 )
-from funcbp.autodiff.api import grad, value_and_grad, vjp  # noqa: E402
 
 __all__ = [
     "FORWARD_RULES",

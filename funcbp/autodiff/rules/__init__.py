@@ -150,8 +150,10 @@ def rule_for(primitive: Primitive, where: str | None = None) -> VjpRule:
 # Import the rule families so that they register themselves.
 from funcbp.autodiff.rules import (  # noqa: E402,F401
     calls,
+    control,
     conv,
     elementwise,
+    indexing,
     linalg,
     reductions,
     structural,

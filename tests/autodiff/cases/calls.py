@@ -63,6 +63,14 @@ def _nested_jit(x, y):
     return jax.jit(lambda a: inner(a, y) + inner(y, a))(x)
 
 
+def _one_device_sharding():
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    return NamedSharding(Mesh(np.array(jax.devices()[:1]), ("data",)), P())
+
+
 CASES = [
     Case("jit_nested", _nested_jit, args(normal(3, 4), normal(3, 4))),
     Case("custom_jvp_relu_kink", lambda x: jax.nn.relu(x) * 3.0, args(ties(3, 4)), fd=False),
@@ -75,6 +83,11 @@ CASES = [
          fd=False),
     Case("remat_checkpoint", jax.checkpoint(lambda x, w: jnp.tanh(x @ w) @ w.T),
          args(normal(3, 4), normal(4, 4))),
+    Case("sharding_constraint",
+         lambda x: jnp.sin(jax.lax.with_sharding_constraint(x * 2.0, _one_device_sharding())),
+         args(normal(3, 4))),
+    Case("reshard", lambda x: jnp.sin(jax.sharding.reshard(x * 2.0, _one_device_sharding())),
+         args(normal(3, 4))),
     Case("optimization_barrier", lambda x, y: sum(lax.optimization_barrier((x * 2.0, y))),
          args(normal(3), normal(3))),
 ]

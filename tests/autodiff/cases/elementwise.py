@@ -86,7 +86,10 @@ CASES = [
          args(lambda k, d: jax.random.bernoulli(k, 0.5, S), normal(*S), normal(*S))),
     Case("select_n_three_way", lambda w, x, y, z: lax.select_n(w, x, y, z),
          args(lambda k, d: jax.random.randint(k, S, 0, 3), normal(*S), normal(*S), normal(*S))),
-    Case("where_comparison", lambda x, y: jnp.where(x > y, x * y, x - y),
+    Case("where_comparisons",
+         lambda x, y: jnp.where(x > y, x * y, x - y) + jnp.where(x >= y, x, y)
+         + jnp.where(x <= y, x, 2 * y) + jnp.where(x == y, x, 0.0) * jnp.where(x != y, y, 1.0)
+         + jnp.where(x < y, y, x),
          args(normal(*S), normal(*S))),
     Case("clamp", lambda lo, x, hi: lax.clamp(lo, x, hi),
          args(normal(*S, scale=0.5), normal(*S, scale=2.0), uniform(1.0, 2.0, *S))),

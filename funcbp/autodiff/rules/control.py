@@ -1,0 +1,305 @@
+"""Rules for control flow: ``scan`` (and ``fori_loop`` with static bounds), ``cond``, ``while``.
+
+- ``scan``: the body is split once, at trace time, into its loop-invariant part (equations that
+  read only the scan's constants, evaluated once before the loop, as jax hoists them too) and
+  the per-step part. The forward scan runs funcbp's own forward walk over the per-step part
+  and, besides the carries and ``ys``, stacks the values that the backward walk of the body
+  will read (the inputs and outputs of every equation that depends on a differentiated value,
+  and the residuals of nested forward rules). The backward is a second scan, in the opposite
+  direction, that rebuilds the body's record from one slice of those stacks and walks it back:
+  carry cotangents flow as the carry, cotangents of constants accumulate in an extra carry,
+  cotangents of ``xs`` come out stacked. Finally the walk goes back through the invariant part.
+- ``cond`` / ``switch``: only the operands are kept; the backward is a ``lax.switch`` on the
+  same index whose branch ``i`` recomputes branch ``i``'s forward and walks it back, so only
+  the taken branch's rule runs.
+- ``while``: reverse mode cannot go through a loop whose trip count is a runtime value (the
+  number of stored steps is unknown when the program is traced); the rule raises
+  :class:`NonDifferentiableLoopError` saying what to use instead. Loops that nothing
+  differentiated flows into still evaluate.
+
+Everything the backward passes do is ``lax.scan`` / ``lax.switch`` over ordinary rules, so
+gradients of gradients work (by funcbp or by jax).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+from jax import lax
+from jax.extend import core
+from jax.tree_util import tree_flatten, tree_unflatten
+
+from funcbp.autodiff.rules import UnsupportedPrimitiveError, register_vjp_rule
+
+__all__ = ["NonDifferentiableLoopError"]
+
+
+class NonDifferentiableLoopError(UnsupportedPrimitiveError):
+    """Reverse mode met a ``while_loop`` whose trip count depends on runtime values."""
+
+
+def _interp():
+    from funcbp.autodiff import interpreter  # the rules package is imported by the interpreter
+
+    return interpreter
+
+
+def _is_var(v: Any) -> bool:
+    return not isinstance(v, core.Literal)
+
+
+class _Jaxpr(NamedTuple):
+    """The fields of a jaxpr that the walk reads, for one piece of a scan body."""
+
+    constvars: list
+    invars: list
+    outvars: list
+    eqns: list
+
+
+def _needed_vars(jaxpr: Any, active: set) -> list:
+    """Variables the backward walk of ``jaxpr`` reads: in- and outputs of active equations."""
+    seen: dict = {}
+    for eqn in jaxpr.eqns:
+        if any(_is_var(v) and v in active for v in eqn.invars):
+            for v in (*eqn.invars, *eqn.outvars):
+                if _is_var(v):
+                    seen.setdefault(v, None)
+    return list(seen)
+
+
+_RECORD_IS_PYTREE = []
+
+
+def _register_record_pytree() -> None:
+    """Makes a forward ``Record`` a pytree of exactly the values its backward reads.
+
+    A scan stacks the records of nested calls (``jit``, an inner ``scan``) left in its body's
+    record; as a pytree they flatten to arrays (stacked) and static structure (kept once).
+    """
+    if _RECORD_IS_PYTREE:
+        return
+    _RECORD_IS_PYTREE.append(True)  # done on first use: the interpreter imports this package
+    record_cls = _interp().Record
+
+    def flatten(rec):
+        keep = tuple(v for v in _needed_vars(rec.jaxpr, rec.active) if v in rec.env)
+        return ([rec.env[v] for v in keep], rec.residuals), (rec.jaxpr, keep,
+                                                              frozenset(rec.active))
+
+    def unflatten(aux, children):
+        jaxpr, keep, active = aux
+        vals, residuals = children
+        return record_cls(jaxpr, dict(zip(keep, vals, strict=True)), set(active), residuals)
+
+    try:
+        jax.tree_util.register_pytree_node(record_cls, flatten, unflatten)
+    except ValueError:  # already registered (module reloaded)
+        pass
+
+
+# --- scan -------------------------------------------------------------------------------------
+
+class _ScanInfo:
+    """Static facts about one scan's forward, shared with its backward (never stacked)."""
+
+    def __init__(self, loop, hoisted, carry_active, xs_needed):
+        self.loop = loop                  # _Jaxpr of the per-step part
+        self.hoisted = hoisted            # invariant vars the per-step part reads
+        self.carry_active = carry_active  # which carries can carry a cotangent
+        self.xs_needed = xs_needed        # indices of xs whose slices the backward reads
+        self.kept: list = []              # per-step vars stacked by the forward
+        self.treedef = None               # structure of (kept values, nested residuals)
+        self.static: dict = {}            # non-array leaves of that structure, by position
+        self.active: set = set()          # the body record's active set
+
+
+def _split_invariant(jaxpr: core.Jaxpr, num_consts: int) -> tuple[_Jaxpr, _Jaxpr, list]:
+    """Splits a scan body into its loop-invariant equations and its per-step equations."""
+    const_in = list(jaxpr.invars[:num_consts])
+    invariant = set(jaxpr.constvars) | set(const_in)
+    pre_eqns, loop_eqns = [], []
+    for eqn in jaxpr.eqns:
+        if not eqn.effects and all(not _is_var(v) or v in invariant for v in eqn.invars):
+            pre_eqns.append(eqn)
+            invariant.update(eqn.outvars)
+        else:
+            loop_eqns.append(eqn)
+    read = [v for e in loop_eqns for v in e.invars] + list(jaxpr.outvars)
+    hoisted = list(dict.fromkeys(v for v in read if _is_var(v) and v in invariant))
+    pre = _Jaxpr([], [*jaxpr.constvars, *const_in], hoisted, pre_eqns)
+    loop = _Jaxpr([], [*hoisted, *jaxpr.invars[num_consts:]], list(jaxpr.outvars), loop_eqns)
+    return pre, loop, hoisted
+
+
+def _propagate(eqns: list, active: set) -> set:
+    """Static mirror of the forward walk's activity rule: float outputs of touched equations."""
+    is_diff = _interp().is_differentiable
+    for eqn in eqns:
+        if any(_is_var(v) and v in active for v in eqn.invars):
+            active.update(v for v in eqn.outvars if is_diff(v.aval))
+    return active
+
+
+def _carry_activity(loop: _Jaxpr, head: list[bool], carry: list[bool], xs: list[bool]):
+    """Which carries depend on a differentiated value after any number of steps (fixpoint)."""
+    nk = len(carry)
+    while True:
+        flags = head + carry + xs
+        active = _propagate(loop.eqns, {v for v, a in zip(loop.invars, flags, strict=True) if a})
+        out = [_is_var(v) and v in active for v in loop.outvars[:nk]]
+        new = [a or b for a, b in zip(carry, out, strict=True)]
+        if new == carry:
+            return carry
+        carry = new
+
+
+def scan_forward(*args, needs, jaxpr, num_consts, num_carry, length, reverse, unroll,
+                 **params):
+    """Runs the scan with funcbp's forward walk in its body, stacking what the backward reads."""
+    interp = _interp()
+    _register_record_pytree()
+    nc, nk = num_consts, num_carry
+    consts, init, xs = args[:nc], list(args[nc:nc + nk]), list(args[nc + nk:])
+    body = jaxpr.jaxpr
+    in_avals = jaxpr.in_avals
+    pre, loop, hoisted = _split_invariant(body, nc)
+    n_closed = len(jaxpr.consts)
+    head_vals, pre_record = interp.forward(pre, [], [*jaxpr.consts, *consts],
+                                           [False] * n_closed + list(needs[:nc]))
+    head_active = [v in pre_record.active for v in hoisted]
+    diff = [bool(n) and interp.is_differentiable(a) for n, a in zip(needs, in_avals, strict=True)]
+    carry_active = _carry_activity(loop, head_active, diff[nc:nc + nk], diff[nc + nk:])
+    flags = head_active + carry_active + diff[nc + nk:]
+    xs_vars = body.invars[nc + nk:]
+    info = _ScanInfo(loop, hoisted, carry_active, [])
+
+    def step(carry, x):
+        outs, rec = interp.forward(loop, [], [*head_vals, *carry, *x], flags)
+        needed = _needed_vars(loop, rec.active)
+        skip = set(hoisted) | set(xs_vars)
+        info.kept = [v for v in needed if v not in skip]
+        info.xs_needed = [i for i, v in enumerate(xs_vars) if v in set(needed)]
+        info.active = rec.active
+        leaves, info.treedef = tree_flatten(([rec.env[v] for v in info.kept], rec.residuals))
+        info.static = {i: leaf for i, leaf in enumerate(leaves) if not isinstance(leaf, jax.Array)}
+        stacked = [leaf for leaf in leaves if isinstance(leaf, jax.Array)]
+        return outs[:nk], (outs[nk:], stacked)
+
+    carry_out, (ys, stacked) = lax.scan(step, init, xs, length=length, reverse=reverse,
+                                        unroll=unroll)
+    return [*carry_out, *ys], (pre_record, head_vals, stacked, info)
+
+
+def scan_vjp(cts, *args, res, needs, jaxpr, num_consts, num_carry, length, reverse, unroll,
+             **params):
+    """Reverse scan over the stacked body records; constants' cotangents accumulate as a carry."""
+    interp = _interp()
+    pre_record, head_vals, stacked, info = res
+    nc, nk = num_consts, num_carry
+    xs = args[nc + nk:]
+    loop, hoisted = info.loop, info.hoisted
+    carry_avals = jaxpr.in_avals[nc:nc + nk]
+    head_idx = [i for i, v in enumerate(hoisted) if v in pre_record.active]
+    ct_head = [interp.zeros_like_aval(hoisted[i].aval) for i in head_idx]
+    ct_carry = [(interp.zeros_like_aval(a) if ct is None else ct) if act else None
+                for ct, a, act in zip(cts[:nk], carry_avals, info.carry_active, strict=True)]
+    y_vars = loop.outvars[nk:]
+    ys_live = [i for i, (v, ct) in enumerate(zip(y_vars, cts[nk:], strict=True))
+               if ct is not None and _is_var(v) and v in info.active]
+    xs_vars = loop.invars[len(hoisted) + nk:]
+    xs_out: list[int] = []  # which xs get a (non-zero) stacked cotangent, found while tracing
+
+    def step(carry, sl):
+        ct_h, ct_c = carry
+        stacked_sl, xs_sl, ys_ct_sl = sl
+        it = iter(stacked_sl)
+        leaves = [info.static[i] if i in info.static else next(it)
+                  for i in range(info.treedef.num_leaves)]
+        kept_vals, residuals = tree_unflatten(info.treedef, leaves)
+        env = dict(zip(hoisted, head_vals, strict=True))
+        env.update(zip(info.kept, kept_vals, strict=True))
+        env.update((xs_vars[i], x) for i, x in zip(info.xs_needed, xs_sl, strict=True))
+        record = interp.Record(loop, env, info.active, residuals)
+        y_cts: list[Any] = [None] * len(y_vars)
+        for i, ct in zip(ys_live, ys_ct_sl, strict=True):
+            y_cts[i] = ct
+        cts_in = interp.backward(record, [*ct_c, *y_cts])
+        nh = len(hoisted)
+        new_h = [acc if cts_in[i] is None else acc + cts_in[i]
+                 for i, acc in zip(head_idx, ct_h, strict=True)]
+        new_c = [None if c is None else (interp.zeros_like_aval(a) if ct is None else ct)
+                 for c, ct, a in zip(ct_c, cts_in[nh:nh + nk], carry_avals, strict=True)]
+        ct_x = cts_in[nh + nk:]
+        xs_out[:] = [i for i, ct in enumerate(ct_x) if ct is not None]
+        return (new_h, new_c), [ct_x[i] for i in xs_out]
+
+    sliced = (stacked, [xs[i] for i in info.xs_needed], [cts[nk + i] for i in ys_live])
+    (ct_head, ct_carry), ct_xs = lax.scan(step, (ct_head, ct_carry), sliced, length=length,
+                                          reverse=not reverse, unroll=unroll)
+    head_cts: list[Any] = [None] * len(hoisted)
+    for i, ct in zip(head_idx, ct_head, strict=True):
+        head_cts[i] = ct
+    ct_consts = interp.backward(pre_record, head_cts)[len(jaxpr.consts):]
+    ct_xs_all: list[Any] = [None] * len(xs)
+    for i, ct in zip(xs_out, ct_xs, strict=True):
+        ct_xs_all[i] = ct
+    return (*ct_consts, *ct_carry, *ct_xs_all)
+
+
+register_vjp_rule(lax.scan_p, scan_vjp, forward=scan_forward)
+
+
+# --- cond / switch ----------------------------------------------------------------------------
+
+def cond_vjp(cts, index, *ops, needs, branches, **params):
+    """Backward of the taken branch only: ``lax.switch(index, [pullback of branch i])``.
+
+    Only the operands are kept; the branch's forward is recomputed inside its pullback.
+    """
+    interp = _interp()
+    in_avals = branches[0].in_avals
+    wanted = [bool(n) and interp.is_differentiable(a)
+              for n, a in zip(needs[1:], in_avals, strict=True)]
+    live = [i for i, ct in enumerate(cts) if ct is not None]
+
+    def pullback(branch):
+        def run(ops, live_cts):
+            _, record = interp.forward(branch.jaxpr, list(branch.consts), list(ops), wanted)
+            full: list[Any] = [None] * len(cts)
+            for i, ct in zip(live, live_cts, strict=True):
+                full[i] = ct
+            cts_in = interp.backward(record, full)
+            return [interp.zeros_like_aval(a) if ct is None else ct
+                    for ct, a, w in zip(cts_in, in_avals, wanted, strict=True) if w]
+        return run
+
+    out = lax.switch(index, [pullback(b) for b in branches], list(ops), [cts[i] for i in live])
+    it = iter(out)
+    return (None, *(next(it) if w else None for w in wanted))
+
+
+register_vjp_rule(lax.cond_p, cond_vjp)
+
+
+# --- while ------------------------------------------------------------------------------------
+
+def while_vjp(cts, *args, needs, cond_nconsts, body_jaxpr, **params):
+    """No reverse mode through a value-dependent trip count; says what to use instead."""
+    interp = _interp()
+    avals = body_jaxpr.in_avals
+    if any(n and interp.is_differentiable(a)
+           for n, a in zip(needs[cond_nconsts:], avals, strict=True)):
+        raise NonDifferentiableLoopError(
+            "reverse-mode differentiation does not work for lax.while_loop (nor lax.fori_loop "
+            "with bounds that are traced values): its number of iterations is only known at run "
+            "time, so the values each iteration would have to keep for the backward pass cannot "
+            "be allocated when the program is traced. Use lax.fori_loop with Python-int bounds "
+            "or lax.scan (both give a fixed trip count), wrapping the step in jax.checkpoint to "
+            "save memory; or, for a loop that runs until convergence, cap it with a scan over "
+            "a maximum number of steps and mask the finished ones.")
+    return (None,) * len(args)
+
+
+register_vjp_rule(lax.while_p, while_vjp)
