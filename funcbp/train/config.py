@@ -1,0 +1,218 @@
+"""What a run is: ``TrainConfig``, the data splits it loads, the optimiser it builds.
+
+``TrainConfig`` holds every option of ``funcbp train`` and is saved as ``config.json`` in the
+run directory; ``load_data`` and ``make_optimizer`` turn it into arrays and a
+``GradientTransformation``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+import funcbp
+from funcbp import data as fdata
+from funcbp import optim
+
+__all__ = [
+    "DATASETS",
+    "DataSplits",
+    "GRAD_FNS",
+    "SCHEDULES",
+    "TrainConfig",
+    "load_data",
+    "make_optimizer",
+]
+
+DATASETS = ("digits", "mnist", "fashion_mnist")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
+GRAD_FNS: dict[str, Callable] = {"funcbp": funcbp.value_and_grad, "jax": jax.value_and_grad}
+_DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "cnn", "fashion_mnist": "cnn"}
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a run; saved as ``config.json`` in the run directory.
+
+    The defaults are the recipe of ``funcbp train`` with no arguments: the digits CNN, SGD with
+    Nesterov momentum 0.9, learning rate 0.05 with cosine decay, L2 5e-4 on the weights,
+    random shifts of up to one pixel, 30 epochs of batches of 32.
+
+    Attributes:
+      data: ``"digits"`` (embedded), ``"mnist"`` or ``"fashion_mnist"`` (IDX files).
+      data_dir: where the IDX files are (searched in the usual places when None).
+      model: a name from :func:`funcbp.train.model_names`; None picks ``digits_cnn`` for the
+        digits and ``cnn`` for the 28x28 sets.
+      epochs: passes over the training split.
+      batch_size: examples per training step (the remainder of an epoch is dropped).
+      optimizer: ``"sgd"`` or ``"adam"``.
+      lr: peak learning rate.
+      momentum: SGD momentum (0 for none).
+      nesterov: Nesterov momentum for SGD.
+      schedule: ``"constant"``, ``"cosine"`` (to 0 over the run), ``"warmup_cosine"`` (one
+        epoch of linear warm-up, then cosine) or ``"step"`` (x0.1 at 50% and 75% of the run).
+      l1: L1 penalty on the weights (``l1 * sum |w|``, biases excluded).
+      l2: L2 penalty on the weights (``l2 * 0.5 * sum w^2``, biases excluded).
+      clip_norm: clip the gradient to this global L2 norm (None: no clipping).
+      clip_value: clip each gradient entry to ``[-v, v]`` (None: no clipping).
+      augment: shift training images by up to ``max_shift`` pixels at random.
+      max_shift: largest shift, in pixels.
+      seed: seeds initialisation, data order, augmentation and dropout.
+      split_seed: seeds the train/validation/test split (kept apart from ``seed`` so that
+        several seeds share one test split).
+      val_fraction: fraction of the data (digits) or of the training set (IDX sets) held out
+        for validation; 0 for none (then no early stopping).
+      test_fraction: fraction of the digits held out for the test (the IDX sets have their
+        own test split).
+      patience: stop when the validation loss has not improved for this many epochs (None or
+        0: never).
+      grad: ``"funcbp"`` (funcbp's own autodiff) or ``"jax"`` (jax.value_and_grad, reference).
+      eval_batch_size: batch size for evaluation.
+    """
+
+    data: str = "digits"
+    data_dir: str | None = None
+    model: str | None = None
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    schedule: str = "cosine"
+    l1: float = 0.0
+    l2: float = 5e-4
+    clip_norm: float | None = None
+    clip_value: float | None = None
+    augment: bool = True
+    max_shift: int = 1
+    seed: int = 0
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    patience: int | None = None
+    grad: str = "funcbp"
+    eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        if self.model is None:
+            self.model = _DEFAULT_MODEL.get(self.data)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field and what it accepts."""
+        def bad(field, value, want):
+            raise ValueError(f"TrainConfig.{field}={value!r}: {want}")
+
+        if self.data not in DATASETS:
+            bad("data", self.data, f"choose one of {', '.join(DATASETS)}")
+        if self.optimizer not in ("sgd", "adam"):
+            bad("optimizer", self.optimizer, "choose 'sgd' or 'adam'")
+        if self.schedule not in SCHEDULES:
+            bad("schedule", self.schedule, f"choose one of {', '.join(SCHEDULES)}")
+        if self.grad not in GRAD_FNS:
+            bad("grad", self.grad, "choose 'funcbp' or 'jax'")
+        for field in ("epochs", "batch_size", "eval_batch_size"):
+            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+                bad(field, getattr(self, field), "must be a positive integer")
+        for field in ("lr", "momentum", "l1", "l2"):
+            if not getattr(self, field) >= 0:
+                bad(field, getattr(self, field), "must be >= 0")
+        for field in ("clip_norm", "clip_value"):
+            value = getattr(self, field)
+            if value is not None and not value > 0:
+                bad(field, value, "must be > 0 (or None for no clipping)")
+        if not 0 <= self.val_fraction < 1:
+            bad("val_fraction", self.val_fraction, "must be in [0, 1)")
+        if not 0 < self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
+            bad("test_fraction", self.test_fraction,
+                "must be in (0, 1) and leave data for training with val_fraction")
+        if not isinstance(self.max_shift, int) or self.max_shift < 0:
+            bad("max_shift", self.max_shift, "must be a non-negative integer")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+class DataSplits(NamedTuple):
+    """Train, validation (or None) and test splits as ``(images, labels)`` numpy pairs."""
+
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray] | None
+    test: tuple[np.ndarray, np.ndarray]
+
+
+
+def load_data(config: TrainConfig) -> DataSplits:
+    """The splits ``config`` asks for, images scaled to ``[0, 1]`` float32, labels int32.
+
+    The digits are split stratified into train / validation / test by ``split_seed``; MNIST and
+    Fashion-MNIST keep their official test split and hold ``val_fraction`` of the training
+    images out for validation.
+    """
+    key = jax.random.key(config.split_seed)
+    v, t = config.val_fraction, config.test_fraction
+    if config.data == "digits":
+        images, labels = fdata.load_digits()
+        x = fdata.scale_to_unit(images, fdata.DIGITS_MAX_VALUE)
+        sizes = (1 - v - t, v, t) if v else (1 - t, t)
+        parts = fdata.split(key, x, labels, sizes, stratify=True)
+        return DataSplits(parts[0], parts[1] if v else None, parts[-1])
+    train, test = fdata.load_mnist(config.data_dir, kind=config.data)
+    x = fdata.scale_to_unit(train.images, 255)
+    x_test = fdata.scale_to_unit(test.images, 255)
+    if v:
+        tr, va = fdata.split(key, x, train.labels, (1 - v, v), stratify=True)
+    else:
+        tr, va = (x, train.labels), None
+    return DataSplits(tr, va, (x_test, test.labels))
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int) -> optim.Schedule:
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "constant":
+        return optim.constant_schedule(config.lr)
+    if config.schedule == "cosine":
+        return optim.cosine_decay_schedule(config.lr, total)
+    if config.schedule == "warmup_cosine":
+        warmup = min(steps_per_epoch, total - 1)
+        return optim.warmup_cosine_decay_schedule(0.0, config.lr, warmup, total)
+    return optim.piecewise_constant_schedule(
+        config.lr, {int(0.5 * total): 0.1, int(0.75 * total): 0.1}
+    )
+
+
+def make_optimizer(
+    config: TrainConfig, steps_per_epoch: int
+) -> tuple[optim.GradientTransformation, optim.Schedule]:
+    """The optimiser ``config`` describes (clipping, then SGD or Adam), and its schedule.
+
+    Example:
+      >>> from funcbp.train import TrainConfig, make_optimizer
+      >>> tx, schedule = make_optimizer(TrainConfig(epochs=2), steps_per_epoch=10)
+      >>> round(float(schedule(0)), 3), float(schedule(20))
+      (0.05, 0.0)
+    """
+    schedule = _schedule(config, steps_per_epoch)
+    parts = []
+    if config.clip_norm is not None:
+        parts.append(optim.clip_by_global_norm(config.clip_norm))
+    if config.clip_value is not None:
+        parts.append(optim.clip(config.clip_value))
+    if config.optimizer == "sgd":
+        momentum = config.momentum or None
+        nesterov = config.nesterov and momentum is not None
+        parts.append(optim.sgd(schedule, momentum=momentum, nesterov=nesterov))
+    else:
+        parts.append(optim.adam(schedule))
+    return optim.chain(*parts), schedule

@@ -1,0 +1,424 @@
+"""The trainer: epochs of mini-batches, validation, early stopping, checkpoints, plots.
+
+``fit(TrainConfig(...))`` (and ``funcbp train``) trains a named model on a named data set and
+writes a run directory::
+
+    runs/<timestamp>-<data>-<model>/
+      config.json          the full TrainConfig (what --resume reads back)
+      metrics.jsonl        one JSON object per epoch, then one for the test split
+      loss.png, accuracy.png
+      summary.json         final test metrics, time, and where the parameters came from
+      checkpoints/latest.ckpt, latest.previous.ckpt, best.ckpt
+
+Every random draw comes from ``jax.random.key(seed)``: the initial parameters from one half
+of it, and epoch ``e``'s data order, augmentation and dropout from ``fold_in(train_key, e)``,
+so a run resumed at an epoch boundary reproduces the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcbp import data as fdata
+from funcbp import losses, nn
+from funcbp.train.checkpoint import (
+    key_path_str,
+    load_checkpoint,
+    read_header,
+    save_checkpoint,
+)
+from funcbp.train.config import GRAD_FNS, TrainConfig, load_data, make_optimizer
+from funcbp.train.models import get_model
+from funcbp.train.step import make_eval_step, make_train_step
+
+__all__ = [
+    "FitResult",
+    "NonFiniteError",
+    "default_run_dir",
+    "evaluate",
+    "fit",
+    "plot_history",
+    "read_metrics",
+    "resume",
+]
+
+
+class NonFiniteError(FloatingPointError):
+    """Training hit a NaN or infinite loss or gradient; the message names the step and leaves."""
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+      params: the parameters evaluated on the test split (the final ones, or the best by
+        validation loss when early stopping ended the run).
+      opt_state: the final optimiser state.
+      history: one dict per epoch (the epoch lines of ``metrics.jsonl``).
+      test: ``{"test_loss", "test_accuracy", ...}``.
+      run_dir: the run directory.
+    """
+
+    params: Any
+    opt_state: Any
+    history: list[dict]
+    test: dict
+    run_dir: Path
+
+
+def evaluate(
+    eval_step: Callable, params: Any, x: Any, y: Any, batch_size: int = 1000
+) -> dict[str, float]:
+    """Mean loss and accuracy of ``params`` on ``(x, y)``, in batches of ``batch_size``.
+
+    Returns:
+      ``{"loss": float, "accuracy": float}``, averages weighted by batch size.
+    """
+    n = len(x)
+    totals = []
+    for start in range(0, n, batch_size):
+        m = eval_step(params, (x[start : start + batch_size], y[start : start + batch_size]))
+        totals.append((m["loss"] * m["count"], m["accuracy"] * m["count"]))
+    loss_sum, acc_sum = np.asarray(jnp.sum(jnp.array(totals), axis=0))
+    return {"loss": float(loss_sum) / n, "accuracy": float(acc_sum) / n}
+
+
+def default_run_dir(config: TrainConfig, root: str | os.PathLike = "runs") -> Path:
+    """``runs/<YYYYmmdd-HHMMSS>-<data>-<model>``, with a suffix if that already exists."""
+    base = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.data}-{config.model}"
+    path, k = base, 1
+    while path.exists():
+        path, k = base.with_name(f"{base.name}-{k}"), k + 1
+    return path
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The records of ``run_dir/metrics.jsonl`` (epoch lines, then the test line)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_history(history: Sequence[dict], run_dir: str | os.PathLike) -> list[Path]:
+    """Write ``loss.png`` and ``accuracy.png`` (train and validation per epoch) in ``run_dir``.
+
+    Uses matplotlib's Agg canvas directly, so it needs no display and leaves pyplot alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    written = []
+    epochs = [r["epoch"] for r in history]
+    for metric, title in (("loss", "loss"), ("accuracy", "accuracy")):
+        fig = Figure(figsize=(6, 4), dpi=100)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        for split in ("train", "val"):
+            values = [r.get(f"{split}_{metric}") for r in history]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], marker=".",
+                        label="validation" if split == "val" else split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(title)
+        if metric == "loss":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = Path(run_dir) / f"{metric}.png"
+        fig.savefig(path)
+        written.append(path)
+    return written
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                disable=quiet or not sys.stderr.isatty())
+
+
+def _nonfinite_message(metrics: dict, step: int, epoch: int, batch: int, params: Any,
+                       last_ckpt: str) -> str:
+    flags = jax.tree_util.tree_flatten_with_path(metrics["nonfinite"])[0]
+    grads = [key_path_str(p) for p, flag in flags if bool(flag)]
+    bad_params = [key_path_str(p) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+                  if not bool(jnp.all(jnp.isfinite(leaf)))]
+    parts = [f"non-finite loss or gradient at step {step} (epoch {epoch}, batch {batch}): "
+             f"loss={float(metrics['loss'])}, objective={float(metrics['objective'])}"]
+    if grads:
+        parts.append(f"non-finite gradients in {', '.join(grads)}")
+    else:
+        parts.append("every gradient leaf is finite; the loss value itself is not")
+    if bad_params:
+        parts.append(f"non-finite parameter values in {', '.join(bad_params)}")
+    parts.append(f"training stopped; {last_ckpt}. Try a lower --lr, --clip-norm, or check "
+                 "the inputs")
+    return "; ".join(parts)
+
+
+def fit(
+    config: TrainConfig | None = None,
+    *,
+    run_dir: str | os.PathLike | None = None,
+    callbacks: Iterable[Callable[[dict], None]] = (),
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+    **overrides: Any,
+) -> FitResult:
+    """Train ``config.model`` on ``config.data``; write the run directory; evaluate on test.
+
+    Args:
+      config: the run's :class:`TrainConfig` (defaults: the digits recipe). Keyword
+        ``overrides`` replace single fields: ``fit(epochs=2, model="mlp")``.
+      run_dir: where to write; default :func:`default_run_dir` (``runs/<time>-<data>-<model>``).
+      callbacks: called with each epoch's record after its checkpoint is written; an
+        exception from a callback stops training there (the checkpoint stays valid).
+      quiet: no progress bar and no per-epoch lines (the test accuracy is still logged).
+      log: where lines go (default ``print``); the last line is ``test accuracy: 0.9861``.
+
+    Returns:
+      A :class:`FitResult`.
+
+    Raises:
+      NonFiniteError: a loss or gradient became NaN/inf; the message names the step, the
+        parameter leaves with non-finite gradients, and the last good checkpoint.
+
+    Example:
+      >>> from funcbp.train import fit
+      >>> result = fit(epochs=1, model="mlp", quiet=True, run_dir="/tmp/funcbp-doc-run",
+      ...              log=lambda line: None)  # doctest: +SKIP
+      >>> result.test["test_accuracy"] > 0.8  # doctest: +SKIP
+      True
+    """
+    config = config or TrainConfig()
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    if (run_dir / "checkpoints" / "latest.ckpt").exists():
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with resume({str(run_dir)!r}) "
+            "(funcbp train --resume) or choose another run directory"
+        )
+    return _run(config, run_dir, resume_from=None, callbacks=callbacks, quiet=quiet, log=log)
+
+
+def resume(
+    run_dir: str | os.PathLike,
+    *,
+    callbacks: Iterable[Callable[[dict], None]] = (),
+    quiet: bool = False,
+    log: Callable[[str], None] = print,
+) -> FitResult:
+    """Continue the run in ``run_dir`` from its latest checkpoint, with its saved config.
+
+    The result is the same, bit for bit on one machine, as a run that was never interrupted.
+
+    Raises:
+      CheckpointError: no usable ``checkpoints/latest.ckpt`` (missing, truncated, corrupt, or
+        saved for another model); the message names the file.
+    """
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path}: no config.json, so {run_dir} is not a run "
+                                "directory written by funcbp train")
+    config = TrainConfig.from_json(json.loads(config_path.read_text()))
+    ckpt = run_dir / "checkpoints" / "latest.ckpt"
+    return _run(config, run_dir, resume_from=ckpt, callbacks=callbacks, quiet=quiet, log=log)
+
+
+def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
+    t_start = time.perf_counter()
+    say = (lambda line: None) if quiet else log
+    splits = load_data(config)
+    (x_train, y_train), val, (x_test, y_test) = splits
+    model = get_model(config.model, num_classes=10)
+    if nn.is_stateful(model):  # pragma: no cover - no default model is stateful
+        raise ValueError(f"model {config.model!r} carries state (BatchNorm); fit needs a "
+                         "stateless model")
+    steps_per_epoch = len(x_train) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the training split "
+                         f"({len(x_train)} examples)")
+    tx, schedule = make_optimizer(config, steps_per_epoch)
+    augment_fn = None
+    if config.augment and config.max_shift > 0:
+        shift = config.max_shift
+        augment_fn = lambda key, x: fdata.random_shift(key, x, shift)
+    loss_fn = losses.softmax_cross_entropy_with_integer_labels
+    train_step = make_train_step(model.apply, loss_fn, tx, GRAD_FNS[config.grad],
+                                 augment_fn=augment_fn, l1=config.l1, l2=config.l2)
+    eval_step = make_eval_step(model.apply, loss_fn)
+    epoch_batches = jax.jit(fdata.batch_epoch, static_argnums=3)
+
+    root_key = jax.random.key(config.seed)
+    init_key, train_key = jax.random.split(root_key)
+    # One compilation each instead of one per eager op: most of a small run's start-up time.
+    in_shape = (1, *x_train.shape[1:])
+    params = jax.jit(lambda key: model.init(key, in_shape)[1])(init_key)
+    opt_state = jax.jit(tx.init)(params)
+
+    ckpt_dir = run_dir / "checkpoints"
+    latest, best_path = ckpt_dir / "latest.ckpt", ckpt_dir / "best.ckpt"
+    metrics_path = run_dir / "metrics.jsonl"
+    state = {"best_val_loss": None, "best_epoch": None, "bad_epochs": 0, "stopped_early": False}
+    start_epoch, step = 0, 0
+    history: list[dict] = []
+    if resume_from is not None:
+        ckpt = load_checkpoint(resume_from, like={"params": params, "opt_state": opt_state})
+        params, opt_state = ckpt.tree["params"], ckpt.tree["opt_state"]
+        start_epoch, step = ckpt.epoch, ckpt.step
+        root_key = ckpt.key if ckpt.key is not None else root_key
+        init_key, train_key = jax.random.split(root_key)
+        state.update(ckpt.metadata.get("trainer", {}))
+        history = [r for r in read_metrics(run_dir)
+                   if r.get("type") == "epoch" and r["epoch"] <= start_epoch]
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        say(f"resuming {run_dir} after epoch {start_epoch} (step {step})")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "config.json", config.to_json())
+        metrics_path.write_text("")
+    log(f"run directory: {run_dir}")
+    say(f"{config.data}: {len(x_train)} train, {len(val[0]) if val else 0} validation, "
+        f"{len(x_test)} test; model {config.model}, {config.optimizer} lr {config.lr} "
+        f"({config.schedule}), grad {config.grad}, {jax.default_backend()}")
+
+    x_train_d, y_train_d = jnp.asarray(x_train), jnp.asarray(y_train)
+    val_d = (jnp.asarray(val[0]), jnp.asarray(val[1])) if val is not None else None
+    best_params = None
+    if state["stopped_early"] and best_path.exists():
+        best_params = load_checkpoint(best_path, like={"params": params}).tree["params"]
+    sync_seconds = 0.5  # read metrics back (bar, NaN check) at most this often, and at epoch end
+
+    for epoch in range(start_epoch, config.epochs):
+        if state["stopped_early"]:
+            break
+        t_epoch = time.perf_counter()
+        epoch_key = jax.random.fold_in(train_key, epoch)
+        perm_key, steps_key = jax.random.split(epoch_key)
+        xs, ys = epoch_batches(perm_key, x_train_d, y_train_d, config.batch_size)
+        step_metrics: list[dict] = []
+        bad_index = None
+        bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet)
+        checked, last_sync = 0, time.perf_counter()
+        for i in range(steps_per_epoch):
+            params, opt_state, m = train_step(params, opt_state, (xs[i], ys[i]),
+                                              jax.random.fold_in(steps_key, i))
+            step_metrics.append(m)
+            if i + 1 == steps_per_epoch or time.perf_counter() - last_sync > sync_seconds:
+                finite = np.asarray(jnp.stack([s["finite"] for s in step_metrics[checked:]]))
+                if not finite.all():
+                    bad_index = checked + int(np.argmin(finite))
+                    break
+                checked, last_sync = i + 1, time.perf_counter()
+                elapsed = time.perf_counter() - t_epoch
+                bar.set_postfix(loss=f"{float(m['loss']):.4f}", acc=f"{float(m['accuracy']):.3f}",
+                                ex_s=f"{(i + 1) * config.batch_size / elapsed:.0f}")
+                bar.update(i + 1 - bar.n)
+        bar.close()
+        if bad_index is not None:
+            if latest.exists():
+                saved = read_header(latest)
+                where = (f"the last good checkpoint is {latest} (epoch {saved['epoch']}, "
+                         f"step {saved['step']})")
+            else:
+                where = "no checkpoint was written yet"
+            message = _nonfinite_message(step_metrics[bad_index], step + bad_index + 1,
+                                         epoch + 1, bad_index + 1, params, where)
+            _append_jsonl(metrics_path, {"type": "nonfinite", "epoch": epoch + 1,
+                                         "step": step + bad_index + 1, "message": message})
+            if history:
+                plot_history(history, run_dir)
+            raise NonFiniteError(message)
+        step += steps_per_epoch
+        train = {k: np.asarray(jnp.mean(jnp.stack([s[k] for s in step_metrics])))
+                 for k in ("loss", "accuracy", "grad_norm")}
+        jax.block_until_ready(params)
+        train_time = time.perf_counter() - t_epoch
+        record = {
+            "type": "epoch",
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": float(train["loss"]),
+            "train_accuracy": float(train["accuracy"]),
+            "grad_norm": float(train["grad_norm"]),
+            "lr": float(schedule(step - 1)),
+            "train_time_s": round(train_time, 3),
+            "examples_per_s": round(steps_per_epoch * config.batch_size / train_time, 1),
+        }
+        if val_d is not None:
+            v = evaluate(eval_step, params, *val_d, config.eval_batch_size)
+            record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
+            if state["best_val_loss"] is None or v["loss"] < state["best_val_loss"]:
+                state.update(best_val_loss=v["loss"], best_epoch=epoch + 1, bad_epochs=0)
+                best_params = jax.device_get(params)
+                save_checkpoint(best_path, {"params": params}, step=step, epoch=epoch + 1,
+                                metadata={"val_loss": v["loss"]})
+            else:
+                state["bad_epochs"] += 1
+                if config.patience and state["bad_epochs"] >= config.patience:
+                    state["stopped_early"] = True
+        record["epoch_time_s"] = round(time.perf_counter() - t_epoch, 3)
+        record["elapsed_s"] = round(time.perf_counter() - t_start, 3)
+        history.append(record)
+        _append_jsonl(metrics_path, record)
+        save_checkpoint(latest, {"params": params, "opt_state": opt_state}, step=step,
+                        epoch=epoch + 1, key=root_key, keep_previous=True,
+                        metadata={"trainer": dict(state), "config": config.to_json()})
+        val_text = (f"  val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}"
+                    if "val_loss" in record else "")
+        say(f"epoch {epoch + 1:3d}/{config.epochs}  loss {record['train_loss']:.4f}  "
+            f"acc {record['train_accuracy']:.4f}{val_text}  lr {record['lr']:.4g}  "
+            f"{record['examples_per_s']:.0f} ex/s  {record['epoch_time_s']:.1f} s")
+        if state["stopped_early"]:
+            say(f"early stopping: no validation improvement for {config.patience} epochs "
+                f"(best epoch {state['best_epoch']})")
+        for callback in callbacks:
+            callback(record)
+
+    if history:
+        plot_history(history, run_dir)
+    used = "best" if state["stopped_early"] and best_params is not None else "final"
+    test_params = best_params if used == "best" else params
+    t = evaluate(eval_step, test_params, jnp.asarray(x_test), jnp.asarray(y_test),
+                 config.eval_batch_size)
+    test = {
+        "type": "test",
+        "test_loss": t["loss"],
+        "test_accuracy": t["accuracy"],
+        "params_from": used if used == "final" else f"best (epoch {state['best_epoch']})",
+        "epochs_run": history[-1]["epoch"] if history else 0,
+        "elapsed_s": round(time.perf_counter() - t_start, 3),
+    }
+    _append_jsonl(metrics_path, test)
+    _write_json(run_dir / "summary.json", {**test, "config": config.to_json()})
+    say(f"test loss {t['loss']:.4f} ({test['params_from']} parameters); "
+        f"{test['elapsed_s']:.1f} s in all; run directory {run_dir}")
+    log(f"test accuracy: {t['accuracy']:.4f}")
+    return FitResult(test_params, opt_state, history, test, run_dir)
+

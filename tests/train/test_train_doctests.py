@@ -1,0 +1,17 @@
+"""The examples in funcbp.train's and funcbp.cli's docstrings run and print what they show."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["funcbp.train.checkpoint", "funcbp.train.step", "funcbp.train.models",
+           "funcbp.train.fit", "funcbp.train.config", "funcbp.cli"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
