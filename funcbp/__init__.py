@@ -14,8 +14,8 @@ from __future__ import annotations
 import importlib
 
 from funcbp.autodiff import (
-    UnsupportedPrimitiveError,
     VJP_RULES,
+    UnsupportedPrimitiveError,
     grad,
     register_vjp_rule,
     value_and_grad,

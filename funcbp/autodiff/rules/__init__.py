@@ -126,9 +126,10 @@ def _suggest_module(name: str) -> str:
         return _MODULE_FOR_FAMILY["control"]
     if name.startswith(("dot", "triangular", "cholesky")):
         return _MODULE_FOR_FAMILY["linalg"]
+    if name.startswith(("gather", "scatter")):
+        return "funcbp/autodiff/rules/indexing.py"
     if name in ("broadcast_in_dim", "reshape", "squeeze", "transpose", "rev", "slice", "pad",
-                "concatenate", "gather", "scatter", "scatter-add", "dynamic_slice",
-                "dynamic_update_slice", "split"):
+                "concatenate", "dynamic_slice", "dynamic_update_slice", "split"):
         return _MODULE_FOR_FAMILY["structural"]
     return _MODULE_FOR_FAMILY["elementwise"]
 

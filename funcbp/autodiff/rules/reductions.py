@@ -1,11 +1,13 @@
-"""VJP rules for reductions: sum, max, min (cumulative ops, sort and products follow)."""
+"""VJP rules for reductions: sum, max, min, prod, cumulative ops, sort and top_k."""
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from jax import lax
+from jax._src.lax.other import logaddexp as _logaddexp  # the combine jax's cumlogsumexp uses
 
-from funcbp.autodiff.rules import vjp_rule
+from funcbp.autodiff.rules import register_vjp_rule, vjp_rule
 
 __all__: list[str] = []
 
@@ -40,3 +42,113 @@ def reduce_max_vjp(ct, x, *, out, axes, **params):
 def reduce_min_vjp(ct, x, *, out, axes, **params):
     """d min(x) goes to the minimal elements, split equally among ties."""
     return _chooser_vjp(ct, x, out, axes)
+
+
+# --- products -----------------------------------------------------------------------------------
+
+def _exclusive_products(x, axis):
+    """prod_{j != i} x_j along ``axis``, from prefix and suffix products (no division)."""
+    if x.shape[axis] == 0:
+        return x
+    one = lax.full((), 1, x.dtype)
+    shifted_right = lax.pad(x, one, [(1, -1, 0) if d == axis else (0, 0, 0)
+                                     for d in range(x.ndim)])
+    shifted_left = lax.pad(x, one, [(-1, 1, 0) if d == axis else (0, 0, 0)
+                                    for d in range(x.ndim)])
+    return lax.cumprod(shifted_right, axis) * lax.cumprod(shifted_left, axis, reverse=True)
+
+
+@vjp_rule(lax.reduce_prod_p)
+def reduce_prod_vjp(ct, x, *, axes, **params):
+    """d prod(x) / dx_i = prod_{j != i} x_j: exact with any number of zeros."""
+    shape = np.shape(x)
+    kept = _kept(len(shape), axes)
+    perm = kept + tuple(axes)
+    flat = lax.transpose(x, perm).reshape(
+        tuple(shape[d] for d in kept) + (int(np.prod([shape[d] for d in axes])),))
+    others = _exclusive_products(flat, flat.ndim - 1)
+    others = lax.transpose(others.reshape(tuple(shape[d] for d in perm)),
+                           tuple(np.argsort(perm)))
+    return (others * lax.broadcast_in_dim(ct, shape, kept),)
+
+
+# --- cumulative ops -----------------------------------------------------------------------------
+
+@vjp_rule(lax.cumsum_p)
+def cumsum_vjp(ct, x, *, axis, reverse, **params):
+    """cumsum is linear; its transpose is the cumsum running the other way."""
+    return (lax.cumsum(ct, axis, reverse=not reverse),)
+
+
+def _interp():
+    from funcbp.autodiff import interpreter  # the interpreter imports this package
+
+    return interpreter
+
+
+def _register_scan(primitive, combine):
+    """cumprod/cummax/cummin/cumlogsumexp, differentiated through a parallel prefix scan.
+
+    jax differentiates these through ``lax.associative_scan(combine, ...)``, so its ties
+    (``max``/``min`` split equal values half and half at every combine) and its treatment of
+    zeros in products come from that scan's tree. funcbp walks the very same decomposition
+    with its own rules, which reproduces jax's results exactly and stays differentiable.
+    """
+    def forward(x, *, needs, axis, reverse, **params):
+        closed = jax.make_jaxpr(
+            lambda v: lax.associative_scan(combine, v, axis=axis, reverse=reverse))(x)
+        (out,), record = _interp().forward(closed.jaxpr, list(closed.consts), [x], [True])
+        return out, record
+
+    def scan_vjp(ct, x, *, res, **params):
+        return (_interp().backward(res, [ct])[0],)
+
+    scan_vjp.__name__ = scan_vjp.__qualname__ = f"{primitive.name}_vjp"
+    scan_vjp.__doc__ = (f"d {primitive.name}: reverse walk of the associative scan of "
+                        f"{getattr(combine, '__name__', 'combine')}, as jax differentiates it.")
+    register_vjp_rule(primitive, scan_vjp, forward=forward)
+
+
+_register_scan(lax.cumprod_p, lax.mul)
+_register_scan(lax.cummax_p, lax.max)
+_register_scan(lax.cummin_p, lax.min)
+_register_scan(lax.cumlogsumexp_p, _logaddexp)
+
+
+# --- sorting ------------------------------------------------------------------------------------
+
+def _scatter_add_along(ct, idx, axis, shape):
+    """zeros(shape) with ``ct[..., j, ...]`` added at ``idx[..., j, ...]`` along ``axis``."""
+    batch = tuple(d for d in range(len(shape)) if d != axis)
+    dnums = lax.ScatterDimensionNumbers(
+        update_window_dims=(), inserted_window_dims=(axis,), scatter_dims_to_operand_dims=(axis,),
+        operand_batching_dims=batch, scatter_indices_batching_dims=batch)
+    return lax.scatter_add(lax.full(shape, 0, ct.dtype), lax.expand_dims(idx, (len(shape),)), ct,
+                           dnums, mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def sort_forward(*operands, needs, dimension, is_stable, num_keys):
+    """Sorts an iota alongside the operands (as a non-key) to keep the permutation."""
+    shape = np.shape(operands[0])
+    iota = lax.broadcasted_iota(np.int32, shape, dimension)
+    outs = lax.sort_p.bind(*operands, iota, dimension=dimension, is_stable=is_stable,
+                           num_keys=num_keys)
+    return outs[:-1], outs[-1]
+
+
+@vjp_rule(lax.sort_p, forward=sort_forward)
+def sort_vjp(cts, *operands, res, needs, dimension, **params):
+    """Each operand's cotangent is its output's, sent back through the sorting permutation."""
+    shape = np.shape(operands[0])
+    return tuple(
+        None if ct is None or not need else _scatter_add_along(ct, res, dimension, shape)
+        for ct, need in zip(cts, needs, strict=True))
+
+
+@vjp_rule(lax.top_k_p)
+def top_k_vjp(cts, x, *, out, axis, **params):
+    """d top_k: each selected value's cotangent goes back to the position it was taken from."""
+    ct = cts[0]
+    if ct is None:
+        return (None,)
+    return (_scatter_add_along(ct, out[1], axis, np.shape(x)),)
