@@ -57,12 +57,36 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its latest checkpoint, with its config")
     g.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    g = p.add_argument_group("devices and hosts (see docs/distributed.md)")
+    g.add_argument("--devices", type=int,
+                   help="train data-parallel on this many devices (the batch size is global)")
+    g.add_argument("--shard-params", action=argparse.BooleanOptionalAction,
+                   help="split parameters and optimiser state across the devices")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="join a multi-process run through jax.distributed (process 0's address;"
+                        " or set FUNCBP_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, help="processes in the run (FUNCBP_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, help="this process's id (FUNCBP_PROCESS_ID)")
+    g.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() with cluster auto-detection "
+                        "(TPU slices, Slurm)")
 
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from funcbp.train import CheckpointError, NonFiniteError, TrainConfig, fit, resume
+    from funcbp.train import CheckpointError, NonFiniteError, TrainConfig, fit, parallel, resume
 
+    try:
+        if args.distributed and not args.coordinator:
+            import jax
+
+            jax.distributed.initialize()
+        else:
+            parallel.initialize_distributed(args.coordinator, args.num_processes,
+                                            args.process_id)
+    except (ValueError, RuntimeError) as err:
+        print(f"funcbp train: could not join the distributed run: {err}", file=sys.stderr)
+        return 2
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     try:

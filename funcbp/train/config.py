@@ -71,6 +71,11 @@ class TrainConfig:
         0: never).
       grad: ``"funcbp"`` (funcbp's own autodiff) or ``"jax"`` (jax.value_and_grad, reference).
       eval_batch_size: batch size for evaluation.
+      devices: train data-parallel on a mesh of this many devices (None: one device, or every
+        device of every process in a multi-process run). The batch size is global and must be
+        divisible by the device count.
+      shard_params: with ``devices``, split parameters and optimiser state along the data axis
+        instead of replicating them.
     """
 
     data: str = "digits"
@@ -96,6 +101,8 @@ class TrainConfig:
     patience: int | None = None
     grad: str = "funcbp"
     eval_batch_size: int = 1000
+    devices: int | None = None
+    shard_params: bool = False
 
     def __post_init__(self):
         if self.model is None:
@@ -130,6 +137,12 @@ class TrainConfig:
         if not 0 < self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
             bad("test_fraction", self.test_fraction,
                 "must be in (0, 1) and leave data for training with val_fraction")
+        if self.devices is not None and (not isinstance(self.devices, int) or self.devices < 1):
+            bad("devices", self.devices, "must be a positive integer (or None)")
+        if self.devices is not None and self.batch_size % self.devices:
+            bad("batch_size", self.batch_size,
+                f"the global batch must be divisible by devices={self.devices}; use a multiple "
+                f"of {self.devices}")
         if not isinstance(self.max_shift, int) or self.max_shift < 0:
             bad("max_shift", self.max_shift, "must be a non-negative integer")
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from funcbp import data as fdata
 from funcbp import losses, nn
+from funcbp.train import parallel
 from funcbp.train.checkpoint import (
     key_path_str,
     load_checkpoint,
@@ -270,8 +271,20 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         shift = config.max_shift
         augment_fn = lambda key, x: fdata.random_shift(key, x, shift)
     loss_fn = losses.softmax_cross_entropy_with_integer_labels
+    # Data parallelism: a mesh over `devices` (or every device of a multi-process run).
+    mesh = None
+    if config.devices is not None or jax.process_count() > 1:
+        mesh = parallel.make_mesh(config.devices)
+        parallel.check_global_batch_size(config.batch_size, mesh)
+    writer = jax.process_index() == 0  # only process 0 writes the run directory
+
+    def write(fn, *args, **kwargs):
+        return fn(*args, **kwargs) if writer else None
+
+    host = parallel.to_host if mesh is not None else (lambda tree: tree)
     train_step = make_train_step(model.apply, loss_fn, tx, GRAD_FNS[config.grad],
-                                 augment_fn=augment_fn, l1=config.l1, l2=config.l2)
+                                 augment_fn=augment_fn, l1=config.l1, l2=config.l2,
+                                 jit=mesh is None)
     eval_step = make_eval_step(model.apply, loss_fn)
     epoch_batches = jax.jit(fdata.batch_epoch, static_argnums=3)
 
@@ -281,6 +294,19 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
     in_shape = (1, *x_train.shape[1:])
     params = jax.jit(lambda key: model.init(key, in_shape)[1])(init_key)
     opt_state = jax.jit(tx.init)(params)
+    if mesh is not None:
+        sharded_step = parallel.data_parallel(
+            lambda p, s, b, kd: train_step(p, s, b, jax.random.wrap_key_data(kd)),
+            mesh, params, opt_state, shard_params=config.shard_params)
+
+        def place(tree):
+            return parallel.replicate(mesh, parallel.to_host(tree), config.shard_params)
+
+        def step_fn(p, s, batch, key):
+            return sharded_step(p, s, parallel.shard_batch(mesh, batch),
+                                parallel.replicate(mesh, jax.random.key_data(key)))
+    else:
+        step_fn, place = train_step, (lambda tree: tree)
 
     ckpt_dir = run_dir / "checkpoints"
     latest, best_path = ckpt_dir / "latest.ckpt", ckpt_dir / "best.ckpt"
@@ -297,12 +323,13 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         state.update(ckpt.metadata.get("trainer", {}))
         history = [r for r in read_metrics(run_dir)
                    if r.get("type") == "epoch" and r["epoch"] <= start_epoch]
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        write(metrics_path.write_text, "".join(json.dumps(r) + "\n" for r in history))
         say(f"resuming {run_dir} after epoch {start_epoch} (step {step})")
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "config.json", config.to_json())
-        metrics_path.write_text("")
+        write(run_dir.mkdir, parents=True, exist_ok=True)
+        write(_write_json, run_dir / "config.json", config.to_json())
+        write(metrics_path.write_text, "")
+    params, opt_state = place((params, opt_state))
     log(f"run directory: {run_dir}")
     say(f"{config.data}: {len(x_train)} train, {len(val[0]) if val else 0} validation, "
         f"{len(x_test)} test; model {config.model}, {config.optimizer} lr {config.lr} "
@@ -327,7 +354,7 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet)
         checked, last_sync = 0, time.perf_counter()
         for i in range(steps_per_epoch):
-            params, opt_state, m = train_step(params, opt_state, (xs[i], ys[i]),
+            params, opt_state, m = step_fn(params, opt_state, (xs[i], ys[i]),
                                               jax.random.fold_in(steps_key, i))
             step_metrics.append(m)
             if i + 1 == steps_per_epoch or time.perf_counter() - last_sync > sync_seconds:
@@ -349,11 +376,11 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
             else:
                 where = "no checkpoint was written yet"
             message = _nonfinite_message(step_metrics[bad_index], step + bad_index + 1,
-                                         epoch + 1, bad_index + 1, params, where)
-            _append_jsonl(metrics_path, {"type": "nonfinite", "epoch": epoch + 1,
+                                         epoch + 1, bad_index + 1, host(params), where)
+            write(_append_jsonl, metrics_path, {"type": "nonfinite", "epoch": epoch + 1,
                                          "step": step + bad_index + 1, "message": message})
             if history:
-                plot_history(history, run_dir)
+                write(plot_history, history, run_dir)
             raise NonFiniteError(message)
         step += steps_per_epoch
         train = {k: np.asarray(jnp.mean(jnp.stack([s[k] for s in step_metrics])))
@@ -372,12 +399,13 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
             "examples_per_s": round(steps_per_epoch * config.batch_size / train_time, 1),
         }
         if val_d is not None:
-            v = evaluate(eval_step, params, *val_d, config.eval_batch_size)
+            v = evaluate(eval_step, host(params), *val_d, config.eval_batch_size)
             record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
             if state["best_val_loss"] is None or v["loss"] < state["best_val_loss"]:
                 state.update(best_val_loss=v["loss"], best_epoch=epoch + 1, bad_epochs=0)
-                best_params = jax.device_get(params)
-                save_checkpoint(best_path, {"params": params}, step=step, epoch=epoch + 1,
+                best_params = jax.device_get(host(params))
+                write(save_checkpoint, best_path, {"params": best_params}, step=step,
+                      epoch=epoch + 1,
                                 metadata={"val_loss": v["loss"]})
             else:
                 state["bad_epochs"] += 1
@@ -386,8 +414,9 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         record["epoch_time_s"] = round(time.perf_counter() - t_epoch, 3)
         record["elapsed_s"] = round(time.perf_counter() - t_start, 3)
         history.append(record)
-        _append_jsonl(metrics_path, record)
-        save_checkpoint(latest, {"params": params, "opt_state": opt_state}, step=step,
+        write(_append_jsonl, metrics_path, record)
+        write(save_checkpoint, latest, host({"params": params, "opt_state": opt_state}),
+              step=step,
                         epoch=epoch + 1, key=root_key, keep_previous=True,
                         metadata={"trainer": dict(state), "config": config.to_json()})
         val_text = (f"  val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}"
@@ -402,10 +431,10 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
             callback(record)
 
     if history:
-        plot_history(history, run_dir)
+        write(plot_history, history, run_dir)
     used = "best" if state["stopped_early"] and best_params is not None else "final"
     test_params = best_params if used == "best" else params
-    t = evaluate(eval_step, test_params, jnp.asarray(x_test), jnp.asarray(y_test),
+    t = evaluate(eval_step, host(test_params), jnp.asarray(x_test), jnp.asarray(y_test),
                  config.eval_batch_size)
     test = {
         "type": "test",
@@ -415,8 +444,8 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         "epochs_run": history[-1]["epoch"] if history else 0,
         "elapsed_s": round(time.perf_counter() - t_start, 3),
     }
-    _append_jsonl(metrics_path, test)
-    _write_json(run_dir / "summary.json", {**test, "config": config.to_json()})
+    write(_append_jsonl, metrics_path, test)
+    write(_write_json, run_dir / "summary.json", {**test, "config": config.to_json()})
     say(f"test loss {t['loss']:.4f} ({test['params_from']} parameters); "
         f"{test['elapsed_s']:.1f} s in all; run directory {run_dir}")
     log(f"test accuracy: {t['accuracy']:.4f}")

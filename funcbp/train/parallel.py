@@ -36,6 +36,7 @@ __all__ = [
     "replicate",
     "shard_batch",
     "state_shardings",
+    "to_host",
 ]
 
 DATA_AXIS = "data"
@@ -185,6 +186,25 @@ def replicate(mesh: Mesh, tree: Any, shard_params: bool = False) -> Any:
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
     return jax.tree.map(put, tree, shardings)
+
+
+def to_host(tree: Any) -> Any:
+    """Whole arrays on the host (numpy), from single-device, replicated or sharded arrays.
+
+    In a multi-process run, sharded leaves are gathered from every process
+    (``multihost_utils.process_allgather``), so every process can call this; the trainer then
+    writes checkpoints from process 0 only, holding whole arrays that any process count can
+    load.
+    """
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return jax.tree.map(one, tree)
 
 
 def data_parallel(step: Callable, mesh: Mesh, params: Any, opt_state: Any, *,

@@ -93,3 +93,50 @@ def test_asking_for_more_devices_than_exist_says_how():
 
     with pytest.raises(ValueError, match="xla_force_host_platform_device_count"):
         parallel.make_mesh(64)
+
+
+def _cli(args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "funcbp.cli", "train", "--quiet", *args],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **kw)
+
+
+@pytest.mark.slow
+def test_cli_devices_flag_matches_single_device(tmp_path):
+    """`funcbp train --devices 2` reaches the single-device run's test accuracy."""
+    common = ["--model", "mlp", "--epochs", "1", "--batch-size", "64", "--no-augment"]
+    runs = {}
+    for name, extra, env in [("one", [], _env()), ("two", ["--devices", "2"], _env(devices=2))]:
+        p = _cli([*common, *extra, "--run-dir", str(tmp_path / name)], env)
+        out = p.communicate(timeout=240)[0]
+        assert p.returncode == 0, out
+        runs[name] = out.strip().splitlines()[-1]
+    assert runs["one"].startswith("test accuracy:")
+    assert abs(float(runs["one"].split()[-1]) - float(runs["two"].split()[-1])) <= 0.006
+
+
+@pytest.mark.slow
+def test_cli_two_processes_write_once_and_resume_with_one(tmp_path):
+    """Two processes train through the CLI; process 0 writes; one process can resume it."""
+    addr, run_dir = f"127.0.0.1:{_free_port()}", tmp_path / "run"
+    common = ["--model", "mlp", "--epochs", "1", "--batch-size", "64", "--run-dir", str(run_dir),
+              "--coordinator", addr, "--num-processes", "2"]
+    procs = [_cli([*common, "--process-id", str(i)], _env()) for i in range(2)]
+    try:
+        logs = [p.communicate(timeout=240)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        pytest.fail("a CLI worker hung; both were killed")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log
+    last = [log.strip().splitlines()[-1] for log in logs]
+    assert last[0] == last[1] and last[0].startswith("test accuracy:")
+    assert (run_dir / "checkpoints" / "latest.ckpt").exists()
+    p = _cli(["--resume", str(run_dir)], _env())
+    out = p.communicate(timeout=240)[0]
+    assert p.returncode == 0, out
+    assert out.strip().splitlines()[-1] == last[0]
