@@ -22,14 +22,18 @@ from funcbp.autodiff import (
     vjp,
     vjp_rule,
 )
+from funcbp.autodiff.tag import tag  # noqa: E402
+from funcbp.explain import explain  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "UnsupportedPrimitiveError",
     "VJP_RULES",
+    "explain",
     "grad",
     "register_vjp_rule",
+    "tag",
     "value_and_grad",
     "vjp",
     "vjp_rule",

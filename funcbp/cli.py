@@ -57,6 +57,8 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its latest checkpoint, with its config")
     g.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    g.add_argument("--grad-flow", action=argparse.BooleanOptionalAction,
+                   help="log per-layer gradient norms each epoch and plot them")
     g = p.add_argument_group("devices and hosts (see docs/distributed.md)")
     g.add_argument("--devices", type=int,
                    help="train data-parallel on this many devices (the batch size is global)")
@@ -107,9 +109,24 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_check_arguments(p: argparse.ArgumentParser) -> None:
+    from funcbp.check.cli import add_arguments
+
+    add_arguments(p)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from funcbp.check.cli import run
+
+    return run(args)
+
+
 COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int], str]] = {
     "train": (_add_train_arguments, _run_train,
               "train a model (default: a CNN on the embedded digits)"),
+    "check": (_add_check_arguments, _run_check,
+              "verify every VJP rule, or a function of yours (MODULE:FUNCTION), against jax "
+              "and finite differences"),
 }
 
 

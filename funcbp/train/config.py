@@ -74,6 +74,8 @@ class TrainConfig:
       devices: train data-parallel on a mesh of this many devices (None: one device, or every
         device of every process in a multi-process run). The batch size is global and must be
         divisible by the device count.
+      grad_flow: after each epoch, record per-layer gradient norms on a training batch
+        (``funcbp.diagnostics.gradient_flow``) in the metrics and plot them over epochs.
       shard_params: with ``devices``, split parameters and optimiser state along the data axis
         instead of replicating them.
     """
@@ -103,6 +105,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     devices: int | None = None
     shard_params: bool = False
+    grad_flow: bool = False
 
     def __post_init__(self):
         if self.model is None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from funcbp import data as fdata
 from funcbp import losses, nn
+from funcbp.diagnostics import gradient_flow, plot_gradient_flow
 from funcbp.train import parallel
 from funcbp.train.checkpoint import (
     key_path_str,
@@ -286,6 +287,8 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
                                  augment_fn=augment_fn, l1=config.l1, l2=config.l2,
                                  jit=mesh is None)
     eval_step = make_eval_step(model.apply, loss_fn)
+    flow_fn = jax.jit(lambda p, x, y: gradient_flow(lambda p, x, y: loss_fn(model.apply(p, x), y),
+                                                    p, x, y))
     epoch_batches = jax.jit(fdata.batch_epoch, static_argnums=3)
 
     root_key = jax.random.key(config.seed)
@@ -411,6 +414,11 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
                 state["bad_epochs"] += 1
                 if config.patience and state["bad_epochs"] >= config.patience:
                     state["stopped_early"] = True
+        if config.grad_flow:
+            flow = flow_fn(host(params), x_train_d[:256], y_train_d[:256])
+            record["grad_flow"] = {"layers": flow.to_dict()["layers"],
+                                   "vanishing": flow.vanishing_layers,
+                                   "exploding": flow.exploding_layers}
         record["epoch_time_s"] = round(time.perf_counter() - t_epoch, 3)
         record["elapsed_s"] = round(time.perf_counter() - t_start, 3)
         history.append(record)
@@ -432,6 +440,9 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
 
     if history:
         write(plot_history, history, run_dir)
+        flows = [r["grad_flow"]["layers"] for r in history if "grad_flow" in r]
+        if flows:
+            write(plot_gradient_flow, flows, str(run_dir / "gradient_flow.png"))
     used = "best" if state["stopped_early"] and best_params is not None else "final"
     test_params = best_params if used == "best" else params
     t = evaluate(eval_step, host(test_params), jnp.asarray(x_test), jnp.asarray(y_test),

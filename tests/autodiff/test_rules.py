@@ -47,12 +47,17 @@ def _sample(case, seed, dtype):
     return case.sample(jax.random.key(seed), jnp.dtype(dtype))
 
 
-@pytest.mark.parametrize("wrap", list(WRAPS), ids=list(WRAPS))
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+# Each case runs jitted in float32 (the production path) and eagerly in float64 (where the
+# tolerance is tight enough to expose a slightly wrong formula): every mode and every dtype is
+# covered at half the cost of the full cross product, which keeps the suite within budget.
+MODES = [("jit", "float32"), ("eager", "float64")]
+
+
+@pytest.mark.parametrize("wrap,dtype", MODES, ids=[f"{w}-{d}" for w, d in MODES])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_rule_matches_jax_vjp(case, dtype, wrap):
     if dtype not in case.dtypes:
-        pytest.skip(f"{case.name} does not run in {dtype}")
+        dtype = case.dtypes[0]  # e.g. a bfloat16 case that only makes sense in float32
     seed = abs(hash((case.name, dtype))) % 2**31  # fresh inputs per case, reproducible per run
     with jax.enable_x64(dtype == "float64"):
         values = _sample(case, seed, dtype)

@@ -1,0 +1,255 @@
+"""``funcbp check``: verify every registered rule, or a user's function, from the command line.
+
+- ``funcbp check``: runs :func:`funcbp.check.rules.verify_rules` and prints one row per
+  registered primitive (status, worst absolute and relative error, dtypes, cases).
+- ``funcbp check MODULE:FUNCTION --args SPEC``: runs :func:`funcbp.check.check_grads` on the
+  user's function with random inputs built from ``SPEC``.
+
+Both print JSON instead with ``--json`` and exit with status 1 when something fails (2 for a
+usage error), so CI can run them.
+
+Input specs: ``--args`` is a JSON list with one entry per positional argument. A string
+``"f32[3,4]"`` becomes a standard normal array of that dtype and shape (``f16``, ``bf16``,
+``f32``, ``f64``; ``i32[5]:0:10`` draws integers in ``[0, 10)``); a suffix ``:pos`` draws
+positive values in ``[0.5, 2)``; numbers stay numbers; lists and objects become pytrees. The
+shorthand ``--args "f32[3,4] f32[4]"`` (space-separated arrays) also works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["HELP", "add_arguments", "main_check", "parse_args_spec", "run"]
+
+HELP = "verify funcbp's VJP rules, or the gradients of your own function"
+
+_DTYPES = {"f16": "float16", "bf16": "bfloat16", "f32": "float32", "f64": "float64",
+           "i8": "int8", "i32": "int32", "i64": "int64", "bool": "bool"}
+_SPEC = re.compile(r"^(?P<dtype>[a-z0-9]+)\[(?P<shape>[\d,\s]*)\](?::(?P<dist>.*))?$")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Adds ``funcbp check``'s arguments to ``p`` (a subparser of ``funcbp``)."""
+    p.add_argument("target", nargs="?", metavar="MODULE:FUNCTION",
+                   help="check this function's gradients instead of the registered rules "
+                        "(MODULE may be a dotted module name or a path to a .py file)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (for CI)")
+    g = p.add_argument_group("registered rules (no MODULE:FUNCTION)")
+    g.add_argument("--only", metavar="PRIMS",
+                   help="comma-separated primitive names to verify (default: all registered)")
+    g.add_argument("--seeds", type=int, default=2, help="random draws per case (default 2)")
+    g.add_argument("--quick", action="store_true",
+                   help="one draw per case, float32 and float64 only")
+    g.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    g = p.add_argument_group("your function (MODULE:FUNCTION)")
+    g.add_argument("--args", dest="args_spec", metavar="SPEC",
+                   help='input spec, e.g. \'[{"w": "f32[3,4]", "b": "f32[4]"}, "f32[2,3]"]\'')
+    g.add_argument("--sample", metavar="MODULE:FUNCTION",
+                   help="a function key -> tuple of arguments, instead of --args")
+    g.add_argument("--argnums", metavar="N,M", help="arguments to differentiate (default: all)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    g.add_argument("--rtol", type=float, help="tolerance against jax (default: by dtype)")
+    g.add_argument("--atol", type=float)
+    g.add_argument("--fd-rtol", type=float, help="tolerance against finite differences")
+    g.add_argument("--fd-atol", type=float)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``funcbp check`` for parsed arguments; returns the exit status."""
+    try:
+        if args.target:
+            return _run_function(args)
+        return _run_rules(args)
+    except _UsageError as err:
+        print(f"funcbp check: {err}", file=sys.stderr)
+        return 2
+
+
+def main_check(argv: Sequence[str] | None = None) -> int:
+    """``funcbp check`` as a function: parses ``argv`` and returns the exit status.
+
+    Example:
+      >>> from funcbp.check.cli import main_check
+      >>> main_check(["--only", "tanh,mul", "--quick"])  # doctest: +SKIP
+      0
+    """
+    parser = argparse.ArgumentParser(prog="funcbp check", description=HELP)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+class _UsageError(ValueError):
+    pass
+
+
+def _run_rules(args: argparse.Namespace) -> int:
+    from funcbp.check.rules import verify_rules
+
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    seeds = 1 if args.quick else args.seeds
+    dtypes = ("float32", "float64") if args.quick else None
+    try:
+        report = verify_rules(only, seeds=seeds, dtypes=dtypes)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1, default=_json_default))
+    elif args.markdown:
+        print(report.table(markdown=True))
+        print()
+        print(report.summary())
+    else:
+        print(report)
+    return 0 if report.passed else 1
+
+
+def _run_function(args: argparse.Namespace) -> int:
+    import jax
+
+    from funcbp.check.grads import check_grads
+
+    fn = load_callable(args.target)
+    if re.search(r"\bf64\[", args.args_spec or ""):
+        jax.config.update("jax_enable_x64", True)  # float64 inputs were asked for
+    key = jax.random.key(args.seed)
+    if args.sample:
+        values = load_callable(args.sample)(key)
+        if not isinstance(values, (tuple, list)):
+            values = (values,)
+    elif args.args_spec:
+        values = parse_args_spec(args.args_spec, key)
+    else:
+        raise _UsageError(f"{args.target}: say what to call it with: --args SPEC (e.g. "
+                          "--args 'f32[3,4] f32[4]') or --sample MODULE:FUNCTION")
+    argnums = None
+    if args.argnums:
+        try:
+            argnums = tuple(int(n) for n in args.argnums.split(","))
+        except ValueError:
+            raise _UsageError(
+                f"--argnums {args.argnums!r}: expected integers such as 0,2") from None
+    report = check_grads(fn, tuple(values), argnums, rtol=args.rtol, atol=args.atol,
+                         fd_rtol=args.fd_rtol, fd_atol=args.fd_atol, seed=args.seed)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1, default=_json_default))
+    else:
+        print(report)
+        if not report.passed:
+            print()
+            print(report.failure_message())
+    return 0 if report.passed else 1
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def load_callable(target: str) -> Callable:
+    """``"pkg.module:fn"`` or ``"path/to/file.py:fn"`` -> the function (attribute path allowed)."""
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise _UsageError(f"{target!r}: expected MODULE:FUNCTION, e.g. mypkg.model:loss or "
+                          "model.py:loss")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise _UsageError(f"{target!r}: no such file {path}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules.setdefault(path.stem, module)
+        spec.loader.exec_module(module)
+    else:
+        if "" not in sys.path and str(Path.cwd()) not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))  # so that local modules import, as python -m does
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise _UsageError(f"{target!r}: cannot import {module_name!r}: {err}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise _UsageError(f"{target!r}: {module_name} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise _UsageError(f"{target!r}: {attr} is not callable")
+    return obj
+
+
+def parse_args_spec(spec: str, key: Any) -> tuple:
+    """Builds random positional arguments from an input spec (see the module docstring).
+
+    Example:
+      >>> import jax
+      >>> w, x = parse_args_spec('[{"w": "f32[3,4]"}, "f32[2,3]"]', jax.random.key(0))
+      >>> w["w"].shape, x.shape
+      ((3, 4), (2, 3))
+    """
+    import jax
+
+    text = spec.strip()
+    if text.startswith(("[", "{", '"')):
+        try:
+            tree = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise _UsageError(f"--args {spec!r} is not valid JSON: {err}") from None
+        if not isinstance(tree, list):
+            tree = [tree]
+    else:
+        tree = text.split()
+    counter = iter(range(1 << 30))
+
+    def build(node: Any) -> Any:
+        if isinstance(node, str):
+            return _array(node, jax.random.fold_in(key, next(counter)))
+        if isinstance(node, list):
+            return [build(n) for n in node]
+        if isinstance(node, dict):
+            return {k: build(v) for k, v in node.items()}
+        if isinstance(node, (int, float, bool)) or node is None:
+            return node
+        raise _UsageError(f"--args: cannot build an argument from {node!r}")
+
+    return tuple(build(n) for n in tree)
+
+
+def _array(text: str, key: Any) -> Any:
+    import jax
+    import jax.numpy as jnp
+
+    m = _SPEC.match(text.strip())
+    if not m or m["dtype"] not in _DTYPES:
+        raise _UsageError(f"--args: {text!r} is not an array spec; write dtype[shape] with dtype "
+                          f"one of {', '.join(_DTYPES)}, e.g. f32[3,4] or i32[5]:0:10")
+    dtype = jnp.dtype(_DTYPES[m["dtype"]])
+    shape = tuple(int(s) for s in m["shape"].split(",") if s.strip())
+    dist = m["dist"] or ""
+    if dtype == jnp.bool_:
+        return jax.random.bernoulli(key, 0.5, shape)
+    if jnp.issubdtype(dtype, jnp.integer):
+        lo, hi = 0, 10
+        if dist:
+            try:
+                lo, hi = (int(v) for v in dist.split(":"))
+            except ValueError:
+                raise _UsageError(f"--args: {text!r}: integer ranges are written "
+                                  "i32[shape]:low:high") from None
+        return jax.random.randint(key, shape, lo, hi, dtype)
+    if dist in ("", "normal"):
+        return jax.random.normal(key, shape, dtype)
+    if dist == "pos":
+        return jax.random.uniform(key, shape, dtype, 0.5, 2.0)
+    raise _UsageError(f"--args: {text!r}: unknown distribution {dist!r} (use :pos or nothing)")
+
+
+if __name__ == "__main__":
+    sys.exit(main_check())
