@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.funcbp-installed
 PYTEST_ARGS ?=
 
-.PHONY: train test lint bench check clean
+.PHONY: train test bench bench-guard check docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check funcbp tests benchmarks experiments
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(BIN)/mkdocs build --strict --site-dir build/site
+
+# Quick guard against gross performance regressions: fails if a compiled funcbp/jax ratio > 1.5.
+bench-guard: $(STAMP)
+	$(BIN)/python -m benchmarks.ci_guard || $(BIN)/python -m benchmarks.ci_guard
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir build/site
 
 check: $(STAMP)
 	$(BIN)/funcbp check

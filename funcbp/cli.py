@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``funcbp COMMAND ...``; returns the exit code (0 on success).
 
-    Example:
+    Examples:
       >>> from funcbp.cli import main
       >>> main(["train", "--epochs", "1", "--model", "mlp", "--quiet"])  # doctest: +SKIP
       test accuracy: 0.8106

@@ -180,7 +180,7 @@ def gradient_flow(loss_fn: Callable, params: Any, *args: Any, has_aux: bool = Fa
     Returns:
       A :class:`GradientFlow` (``print`` it for a table; ``.to_dict()`` for logs).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp.diagnostics import gradient_flow
       >>> params = {"dense_0": {"w": jnp.ones((3, 3))}, "dense_1": {"w": jnp.ones((3, 1))}}
@@ -222,7 +222,7 @@ def plot_gradient_flow(history: Sequence[GradientFlow | Mapping], path: str, *,
     Returns:
       ``path``.
 
-    Example:
+    Examples:
       >>> plot_gradient_flow([{"dense_0": 1e-4, "dense_1": 1.0},
       ...                     {"dense_0": 1e-3, "dense_1": 0.5}], "/tmp/flow.png")
       '/tmp/flow.png'

@@ -139,7 +139,7 @@ def explain(f: Callable, *args: Any, cotangent: Any = None) -> Explanation:
     Returns:
       An :class:`Explanation`: ``print`` it, or ``.to_markdown()``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp.explain import explain
       >>> e = explain(lambda w, x: jnp.tanh(x @ w).sum(), jnp.ones((2, 2)), jnp.ones(2))

@@ -71,7 +71,7 @@ def mse(predictions: ArrayLike, targets: ArrayLike, reduction: Reduction = "mean
     Returns:
       A scalar, or ``(batch,)`` with ``reduction="none"``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> float(losses.mse(jnp.array([1.0, 2.0]), jnp.array([0.0, 0.0])))
@@ -95,7 +95,7 @@ def binary_cross_entropy(probs: ArrayLike, labels: ArrayLike, reduction: Reducti
       reduction: ``"mean"``, ``"sum"`` or ``"none"`` over the batch.
       eps: clipping margin.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> round(float(losses.binary_cross_entropy(jnp.array([0.5]), jnp.array([1.0]))), 4)
@@ -114,7 +114,7 @@ def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike,
     Same as ``optax.sigmoid_binary_cross_entropy``; ``log sigmoid(x) = -softplus(-x)`` is
     computed without overflow, and the gradient is ``sigmoid(x) - y``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> float(losses.sigmoid_binary_cross_entropy(jnp.array([1e4]), jnp.array([1.0])))
@@ -142,7 +142,7 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, reduction: Reduc
       labels: probabilities over classes, same shape (rows summing to 1).
       reduction: ``"mean"``, ``"sum"`` or ``"none"`` (then shape ``logits.shape[:-1]``).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> float(losses.softmax_cross_entropy(jnp.array([[0.0, 0.0]]), jnp.array([[1.0, 0.0]])))
@@ -164,7 +164,7 @@ def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLi
       labels: integers of shape ``logits.shape[:-1]``.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> logits = jnp.array([[2.0, 0.0, -1.0]])
@@ -187,7 +187,7 @@ def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLi
 def smooth_labels(labels: ArrayLike, alpha: float) -> jax.Array:
     """Label smoothing, ``(1 - alpha) * y + alpha / classes`` (as ``optax.smooth_labels``).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> losses.smooth_labels(jnp.array([1.0, 0.0, 0.0, 0.0]), 0.5)
@@ -202,7 +202,7 @@ def hinge(scores: ArrayLike, labels: ArrayLike, reduction: Reduction = "mean") -
 
     Same values as ``optax.hinge_loss``; labels ``{0, 1}`` must be mapped first (``2y - 1``).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> float(losses.hinge(jnp.array([0.5, 2.0]), jnp.array([1.0, 1.0])))
@@ -223,7 +223,7 @@ def default_weight_mask(params: Any) -> Any:
 
     Excludes biases and normalisation scales from weight decay, the usual choice.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> losses.default_weight_mask({"dense_0": {"w": jnp.ones((2, 3)), "b": jnp.ones(3)}})
@@ -257,7 +257,7 @@ def l1_penalty(params: Any, mask: Mask | None = None) -> jax.Array:
       mask: ``None`` (every leaf), a pytree of bools like ``params``, or a callable such as
         :func:`default_weight_mask` returning one.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> p = {"w": jnp.array([[1.0, -2.0]]), "b": jnp.array([5.0])}
@@ -278,7 +278,7 @@ def l2_penalty(params: Any, mask: Mask | None = None) -> jax.Array:
       mask: ``None`` (every leaf), a pytree of bools like ``params``, or a callable such as
         :func:`default_weight_mask` returning one.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> float(losses.l2_penalty({"w": jnp.array([3.0, 4.0])}))
@@ -306,7 +306,7 @@ def accuracy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
       logits: ``(batch, ..., classes)``.
       labels: integer labels ``logits.shape[:-1]``, or one-hot labels like ``logits``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> float(losses.accuracy(jnp.array([[2.0, 1.0], [0.0, 3.0]]), jnp.array([0, 0])))
@@ -323,7 +323,7 @@ def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, k: int) -> jax.Array:
     An example counts when fewer than ``k`` logits are strictly larger than the label's
     (so ties go in the label's favour).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
       >>> logits = jnp.array([[3.0, 2.0, 1.0], [3.0, 2.0, 1.0]])

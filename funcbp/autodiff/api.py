@@ -41,7 +41,7 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False, reduce_axes: Sequen
       cotangent with the structure, shapes and dtypes of ``primals_out`` and returns a tuple
       with one cotangent per primal (``float0`` zeros for integer and boolean primals).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, funcbp
       >>> y, pullback = funcbp.vjp(jnp.sin, 0.0)
       >>> pullback(1.0)
@@ -164,7 +164,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
       ``f(*args, **kwargs) -> (value, grads)`` where ``grads`` has the structure of
       ``args[argnums]`` (a tuple when ``argnums`` is a sequence).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, funcbp
       >>> funcbp.value_and_grad(lambda w: jnp.sum(w ** 2))(jnp.arange(3.0))
       (Array(5., dtype=float32), Array([0., 2., 4.], dtype=float32))
@@ -203,7 +203,7 @@ def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
          reduce_axes: Sequence = ()) -> Callable:
     """Returns a function computing the gradient of scalar ``fun``; as ``jax.grad``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, funcbp
       >>> funcbp.grad(lambda x: jnp.tanh(x).sum())(jnp.zeros(2))
       Array([1., 1.], dtype=float32)

@@ -43,7 +43,7 @@ def tag(x: jax.typing.ArrayLike, name: str) -> jax.Array:
     Returns:
       ``x``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, funcbp
       >>> from funcbp.autodiff.tag import tag
       >>> funcbp.grad(lambda x: jnp.sum(tag(x, "input") ** 2))(jnp.ones(2))
@@ -111,7 +111,7 @@ _RECORDERS: contextvars.ContextVar[tuple[Recorder, ...]] = contextvars.ContextVa
 def recording() -> Iterator[Recorder]:
     """Opens a :class:`Recorder` that collects the norms of cotangents flowing through tags.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, funcbp
       >>> from funcbp.autodiff.tag import recording, tag
       >>> with recording() as rec:

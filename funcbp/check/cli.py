@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 def main_check(argv: Sequence[str] | None = None) -> int:
     """``funcbp check`` as a function: parses ``argv`` and returns the exit status.
 
-    Example:
+    Examples:
       >>> from funcbp.check.cli import main_check
       >>> main_check(["--only", "tanh,mul", "--quick"])  # doctest: +SKIP
       0
@@ -188,7 +188,7 @@ def load_callable(target: str) -> Callable:
 def parse_args_spec(spec: str, key: Any) -> tuple:
     """Builds random positional arguments from an input spec (see the module docstring).
 
-    Example:
+    Examples:
       >>> import jax
       >>> w, x = parse_args_spec('[{"w": "f32[3,4]"}, "f32[2,3]"]', jax.random.key(0))
       >>> w["w"].shape, x.shape

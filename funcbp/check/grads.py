@@ -335,7 +335,7 @@ def check_grads(f: Callable, args: Sequence[Any], argnums: int | Sequence[int] |
       A :class:`GradCheckReport`: per leaf (jax key path such as ``['dense_0']['w']``) the max
       absolute and relative errors, the worst index and pass/fail for each comparison.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp.check import check_grads
       >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}

@@ -633,7 +633,7 @@ def verify_rules(primitives: Sequence[str] | None = None, *, seeds: int = 2,
     Returns:
       A :class:`RulesReport`, one :class:`RuleResult` per primitive, sorted by name.
 
-    Example:
+    Examples:
       >>> from funcbp.check.rules import verify_rules
       >>> report = verify_rules(["tanh", "mul"], seeds=1)
       >>> report.passed, [r.status for r in report.rules]

@@ -24,7 +24,7 @@ def shift_images(images: ArrayLike, offsets: ArrayLike, max_shift: int) -> jax.A
     Returns:
       Shifted images, same shape and dtype.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp.data import shift_images
       >>> x = jnp.arange(4.0).reshape(1, 2, 2, 1)
@@ -61,7 +61,7 @@ def random_shift(key: jax.Array, images: ArrayLike, max_shift: int = 1) -> jax.A
     Returns:
       ``(N, H, W, C)`` shifted images of the input dtype.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp.data import random_shift
       >>> x = jnp.ones((4, 8, 8, 1))

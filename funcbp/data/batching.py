@@ -33,7 +33,7 @@ def _check_batch_size(batch_size: int) -> None:
 def num_batches(num_examples: int, batch_size: int, *, drop_remainder: bool = True) -> int:
     """Batches per epoch: ``floor(n / b)`` with ``drop_remainder``, else ``ceil(n / b)``.
 
-    Example:
+    Examples:
       >>> from funcbp.data import num_batches
       >>> num_batches(10, 4), num_batches(10, 4, drop_remainder=False)
       (2, 3)
@@ -49,7 +49,7 @@ def permutation(key: jax.Array | None, n: int) -> np.ndarray:
 
     ``key=None`` gives the identity (no shuffling), e.g. for evaluation.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.data import permutation
       >>> sorted(permutation(jax.random.key(0), 5).tolist())
@@ -91,7 +91,7 @@ def batches(
       An iterator over ``num_batches(n, batch_size, drop_remainder=...)`` pairs; numpy inputs
       give numpy batches, jax inputs jax batches.
 
-    Example:
+    Examples:
       >>> import jax, numpy as np
       >>> from funcbp.data import batches
       >>> x, y = np.arange(10.0)[:, None], np.arange(10)
@@ -117,7 +117,7 @@ def batch_epoch(
     Returns:
       ``(xs, ys)`` with ``xs.shape == (n // batch_size, batch_size) + x.shape[1:]``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp.data import batch_epoch
       >>> xs, ys = jax.jit(batch_epoch, static_argnums=3)(
@@ -204,7 +204,7 @@ def split(
       One ``(x_part, y_part)`` pair per entry of ``sizes``, in order; the examples in each part
       are in random order.
 
-    Example:
+    Examples:
       >>> import jax, numpy as np
       >>> from funcbp.data import split
       >>> x, y = np.zeros((10, 2)), np.arange(10) % 2

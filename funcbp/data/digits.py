@@ -80,7 +80,7 @@ def load_digits(
     Raises:
       DataError: the CSV is corrupt (bad gzip, wrong column count, values out of range).
 
-    Example:
+    Examples:
       >>> from funcbp.data import load_digits
       >>> images, labels = load_digits()
       >>> images.shape, images.dtype, labels.shape, labels.dtype

@@ -27,7 +27,7 @@ _USER_AGENT = "funcbp-data/0.1 (+https://github.com/; urllib)"
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of a file's bytes (``"sha256"``, ``"md5"``, any name ``hashlib`` knows).
 
-    Example:
+    Examples:
       >>> import tempfile, os
       >>> from funcbp.data import file_digest
       >>> path = os.path.join(tempfile.mkdtemp(), "empty")
@@ -89,7 +89,7 @@ def download_file(
       DownloadError: every mirror failed; the message lists each URL with its error
         (``HTTP Error 404: Not Found``, ``checksum mismatch: expected sha256 ..., got ...``).
 
-    Example:
+    Examples:
       >>> from funcbp.data import download_file
       >>> download_file(["https://example.org/a.gz", "https://mirror.example/a.gz"],
       ...               "data/a.gz", sha256="...")  # doctest: +SKIP

@@ -98,7 +98,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         message names the file and the expected and actual sizes.
       FileNotFoundError: no file at ``path``.
 
-    Example:
+    Examples:
       >>> import numpy as np, tempfile, os
       >>> from funcbp.data import read_idx, write_idx
       >>> path = os.path.join(tempfile.mkdtemp(), "x-idx2-ubyte.gz")
@@ -129,7 +129,7 @@ def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
       path: destination file.
       array: uint8, int8, int16, int32, float32 or float64 array of at most 255 dimensions.
 
-    Example:
+    Examples:
       >>> import numpy as np, tempfile, os
       >>> from funcbp.data import write_idx
       >>> path = os.path.join(tempfile.mkdtemp(), "labels-idx1-ubyte")

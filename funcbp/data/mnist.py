@@ -95,7 +95,7 @@ def _check_kind(kind: str) -> None:
 def mnist_search_dirs(root: str | os.PathLike | None = None, *, kind: Kind = "mnist") -> list[Path]:
     """The directories ``load_mnist`` looks in, in order (see the module docstring).
 
-    Example:
+    Examples:
       >>> from funcbp.data import mnist_search_dirs
       >>> [str(p) for p in mnist_search_dirs("/data", kind="mnist")]
       ['/data', '/data/mnist']
@@ -214,7 +214,7 @@ def load_mnist(
         differs from its image count.
       DownloadError: ``download=True`` and every mirror failed for some file.
 
-    Example:
+    Examples:
       >>> from funcbp.data import load_mnist
       >>> train, test = load_mnist(kind="fashion_mnist")  # doctest: +SKIP
       >>> train.images.shape, test.labels.shape  # doctest: +SKIP

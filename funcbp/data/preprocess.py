@@ -36,7 +36,7 @@ def scale_to_unit(x: ArrayLike, max_value: float) -> ArrayLike:
     Returns:
       float32 array of the same shape.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from funcbp.data import scale_to_unit
       >>> scale_to_unit(np.array([0, 8, 16], dtype=np.uint8), 16)
@@ -51,7 +51,7 @@ def scale_to_unit(x: ArrayLike, max_value: float) -> ArrayLike:
 class Standardizer(NamedTuple):
     """Mean and standard deviation fitted on a training split; call it to standardise.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from funcbp.data import fit_standardize
       >>> stats = fit_standardize(np.array([[1.0], [3.0]]), per="feature")
@@ -94,7 +94,7 @@ def fit_standardize(
       ``Standardizer(mean, std)``, float32, shaped to broadcast against ``x_train``
       (``(C,)``, ``x.shape[1:]`` or ``()``).
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from funcbp.data import fit_standardize, standardize
       >>> x_train = np.array([[0.0, 2.0], [2.0, 2.0]])
@@ -124,7 +124,7 @@ def standardize(x: ArrayLike, mean: ArrayLike, std: ArrayLike) -> ArrayLike:
 
     Apply the same ``mean`` and ``std`` to the training, validation and test splits.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> from funcbp.data import standardize
       >>> standardize(np.array([1.0, 3.0]), 2.0, 0.5)

@@ -27,7 +27,7 @@ __all__ = [
 def sigmoid(x: ArrayLike) -> jax.Array:
     """Logistic sigmoid, ``1 / (1 + exp(-x))``.
 
-    Example:
+    Examples:
       >>> from funcbp import nn
       >>> float(nn.sigmoid(0.0))
       0.5
@@ -43,7 +43,7 @@ def tanh(x: ArrayLike) -> jax.Array:
 def relu(x: ArrayLike) -> jax.Array:
     """Rectified linear unit, ``max(x, 0)`` (gradient 0 at ``x = 0``, as jax).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import nn
       >>> nn.relu(jnp.array([-1.0, 2.0]))
@@ -84,7 +84,7 @@ def softplus(x: ArrayLike) -> jax.Array:
 def softmax(x: ArrayLike, axis: int = -1) -> jax.Array:
     """Softmax, ``exp(x_i - max x) / sum_j exp(x_j - max x)`` along ``axis``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import nn
       >>> float(nn.softmax(jnp.array([1e4, 0.0, -1e4])).sum())
@@ -101,7 +101,7 @@ def log_softmax(x: ArrayLike, axis: int = -1) -> jax.Array:
 def elementwise(fn: Callable[..., jax.Array], name: str | None = None, **kwargs) -> Layer:
     """A parameter-free layer applying ``fn(x, **kwargs)``; the output shape is the input's.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import nn
       >>> layer = nn.elementwise(jnp.sin)

@@ -66,7 +66,7 @@ def Conv2D(out_channels: int, kernel_size: int | Sequence[int], strides: int | S
     Returns:
       A :class:`~funcbp.nn.Layer` named ``"conv2d"``, params ``{"w": (kh, kw, I, O), "b": (O,)}``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> conv = nn.Conv2D(8, 3, strides=2)

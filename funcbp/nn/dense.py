@@ -27,7 +27,7 @@ def Dense(out_dim: int, w_init: Initializer | None = None, b_init: Initializer |
     Returns:
       A :class:`~funcbp.nn.Layer` named ``"dense"``, params ``{"w", "b"}``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> layer = nn.Dense(3)
@@ -73,7 +73,7 @@ def Dense(out_dim: int, w_init: Initializer | None = None, b_init: Initializer |
 def Flatten() -> Layer:
     """Flatten all but the batch axis: ``(N, d1, d2, ...) -> (N, d1 * d2 * ...)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import nn
       >>> nn.Flatten().apply({}, jnp.zeros((2, 3, 4, 5))).shape
@@ -99,7 +99,7 @@ def Dropout(rate: float) -> Layer:
     Args:
       rate: probability of zeroing each entry, in ``[0, 1)``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> drop = nn.Dropout(0.5)

@@ -27,7 +27,7 @@ def Embedding(num_embeddings: int, features: int, table_init: Initializer | None
       A :class:`~funcbp.nn.Layer` named ``"embedding"``, params ``{"table"}``; input integer
       ids of any shape, output ``ids.shape + (features,)``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> emb = nn.Embedding(10, 4)

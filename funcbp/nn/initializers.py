@@ -51,7 +51,7 @@ _TRUNC_STD_2 = 0.87962566103423978
 def zeros() -> Initializer:
     """All zeros (biases by default).
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.nn import init
       >>> init.zeros()(jax.random.key(0), (2,))
@@ -71,7 +71,7 @@ def ones() -> Initializer:
 def constant(value: float) -> Initializer:
     """Every entry equal to ``value``.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.nn import init
       >>> init.constant(0.1)(jax.random.key(0), (2,))
@@ -86,7 +86,7 @@ def constant(value: float) -> Initializer:
 def normal(stddev: float = 1e-2, mean: float = 0.0) -> Initializer:
     """Gaussian entries, ``w ~ N(mean, stddev^2)``.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.nn import init
       >>> init.normal(0.1)(jax.random.key(0), (3, 2)).shape
@@ -101,7 +101,7 @@ def normal(stddev: float = 1e-2, mean: float = 0.0) -> Initializer:
 def uniform(minval: float = -0.05, maxval: float = 0.05) -> Initializer:
     """Uniform entries, ``w ~ U[minval, maxval)`` (variance ``(maxval - minval)^2 / 12``).
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.nn import init
       >>> w = init.uniform(-1.0, 1.0)(jax.random.key(0), (100,))
@@ -121,7 +121,7 @@ def truncated_normal(stddev: float = 1e-2, lower: float = -2.0, upper: float = 2
     As in ``jax.nn.initializers.truncated_normal``, ``stddev`` is that of the normal before
     truncation; the drawn values have the smaller truncated-normal variance.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.nn import init
       >>> w = init.truncated_normal(1.0)(jax.random.key(0), (1000,))
@@ -154,7 +154,7 @@ def variance_scaling(scale: float,
     ``N(0, scale / n)``; ``"truncated_normal"`` from a normal cut at two standard deviations,
     rescaled so that the variance is still ``scale / n`` (as jax does).
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.nn import init
       >>> init.variance_scaling(2.0, "fan_in", "normal")(jax.random.key(0), (64, 32)).shape
@@ -184,7 +184,7 @@ def variance_scaling(scale: float,
 def glorot_uniform(in_axis: int = -2, out_axis: int = -1) -> Initializer:
     """Xavier/Glorot uniform: ``U[-a, a]``, ``a = sqrt(6 / (fan_in + fan_out))``.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.nn import init
       >>> init.glorot_uniform()(jax.random.key(0), (4, 3)).shape
@@ -208,7 +208,7 @@ def he_normal(mode: Literal["fan_in", "fan_out"] = "fan_in",
               in_axis: int = -2, out_axis: int = -1) -> Initializer:
     """He/Kaiming normal: variance ``2 / fan`` (truncated normal, as jax), for ReLU nets.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.nn import init
       >>> init.he_normal(mode="fan_out")(jax.random.key(0), (3, 3, 8, 16)).shape
@@ -241,7 +241,7 @@ def orthogonal(scale: float = 1.0, column_axis: int = -1) -> Initializer:
     else orthonormal rows. Drawn as the QR factor ``Q`` of a Gaussian matrix, with the signs of
     ``diag(R)`` folded in so that ``Q`` is uniformly distributed.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp.nn import init
       >>> w = init.orthogonal()(jax.random.key(0), (5, 3))

@@ -111,7 +111,7 @@ class Layer(NamedTuple):
       has_params: whether ``serial`` gives the layer an entry in ``params``.
       stateful: whether ``apply`` takes ``state=`` (see :func:`is_stateful`).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> model = nn.serial(nn.Dense(4), nn.relu, nn.Dense(2))
@@ -136,7 +136,7 @@ def is_stateful(model: Any) -> bool:
     Anything that is not a :class:`Layer` (e.g. a hand-written ``apply`` function) is
     stateless.
 
-    Example:
+    Examples:
       >>> from funcbp import nn
       >>> nn.is_stateful(nn.serial(nn.Dense(3), nn.BatchNorm())), nn.is_stateful(nn.Dense(3))
       (True, False)
@@ -291,7 +291,7 @@ def serial(*layers: Any, name: str = "serial") -> Layer:
     Returns:
       A :class:`Layer`; stateful if any child is.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> mlp = nn.serial(("hidden", nn.Dense(8)), nn.relu, nn.Dense(3))
@@ -325,7 +325,7 @@ def parallel(*layers: Any, name: str = "parallel") -> Layer:
     ``in_shape`` is a tuple of shapes, one per child; the output is a tuple. With
     :func:`FanOut` and :func:`FanInSum` this builds residual blocks.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> res = nn.serial(nn.FanOut(2), nn.parallel(nn.Dense(3), nn.Identity()), nn.FanInSum())

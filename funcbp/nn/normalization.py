@@ -63,7 +63,7 @@ def LayerNorm(epsilon: float = 1e-5, use_scale: bool = True, use_bias: bool = Tr
       A :class:`~funcbp.nn.Layer` named ``"layernorm"``, params ``{"scale", "bias"}`` of
       shape ``(features,)``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> ln = nn.LayerNorm()
@@ -118,7 +118,7 @@ def BatchNorm(momentum: float = 0.9, epsilon: float = 1e-5, use_scale: bool = Tr
       A stateful :class:`~funcbp.nn.Layer` named ``"batchnorm"``: params ``{"scale", "bias"}``,
       state ``{"mean": zeros, "var": ones}``, each of shape ``(features,)``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> bn = nn.BatchNorm()

@@ -64,7 +64,7 @@ def MaxPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None =
       strides: ``s`` or ``(sh, sw)``; default the window (non-overlapping).
       padding: ``"VALID"`` (default), ``"SAME"``, an int or ``((top, bottom), (left, right))``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import nn
       >>> nn.MaxPool2D(2).apply({}, jnp.arange(16.0).reshape(1, 4, 4, 1))[0, :, :, 0]
@@ -82,7 +82,7 @@ def AvgPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None =
     (unpadded) entries in each window, as TensorFlow's ``SAME`` pooling does; ``True`` divides
     by the full window size.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import nn
       >>> nn.AvgPool2D(2).apply({}, jnp.arange(16.0).reshape(1, 4, 4, 1))[0, :, :, 0]
@@ -102,7 +102,7 @@ def AvgPool2D(window: int | Sequence[int], strides: int | Sequence[int] | None =
 def GlobalAvgPool() -> Layer:
     """Mean over the spatial axes: ``(N, H, W, C) -> (N, C)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import nn
       >>> nn.GlobalAvgPool().apply({}, jnp.ones((2, 5, 5, 3))).shape

@@ -126,7 +126,7 @@ def SimpleRNN(hidden: int, *, return_sequences: bool = False, reverse: bool = Fa
       A :class:`~funcbp.nn.Layer` named ``"simplernn"``, params ``{"w_ih": (in, hidden),
       "w_hh": (hidden, hidden), "b": (hidden,)}``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> rnn = nn.SimpleRNN(8)
@@ -164,7 +164,7 @@ def GRU(hidden: int, *, return_sequences: bool = False, reverse: bool = False,
       "w_hh": (hidden, 3 hidden), "b_ih": (3 hidden,), "b_hh": (3 hidden,)}`` (two biases,
       because ``b_hh``'s third is multiplied by ``r``).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> gru = nn.GRU(8, return_sequences=True)
@@ -210,7 +210,7 @@ def LSTM(hidden: int, *, return_sequences: bool = False, reverse: bool = False,
       "w_hh": (hidden, 4 hidden), "b": (4 hidden,)}``; the output is ``h`` (``c`` is
       internal).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn
       >>> lstm = nn.LSTM(8)

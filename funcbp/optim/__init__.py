@@ -6,7 +6,7 @@ either library's `chain`. States are `NamedTuple`s of arrays (pytrees), ready fo
 `jax.jit`, `jax.tree_util` and checkpoints. See docs/optim.md for every update formula
 and for porting `torch.optim.SGD` recipes (`torch_sgd`).
 
-Example:
+Examples:
     >>> import jax.numpy as jnp
     >>> from funcbp import optim
     >>> tx = optim.chain(optim.clip_by_global_norm(1.0), optim.sgd(0.1, momentum=0.9))

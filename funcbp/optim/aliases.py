@@ -37,7 +37,7 @@ def sgd(
     Returns:
         A `GradientTransformation`; its state is `(TraceState | EmptyState, lr state)`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.sgd(0.1, momentum=0.9)
@@ -58,7 +58,7 @@ def momentum(learning_rate: ScalarOrSchedule, beta: float = 0.9) -> GradientTran
 
     Formula: `m_t = g_t + beta * m_{t-1}`, `u_t = -lr_t * m_t`.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> tx = optim.momentum(0.1, beta=0.9)
     """
@@ -70,7 +70,7 @@ def nesterov(learning_rate: ScalarOrSchedule, beta: float = 0.9) -> GradientTran
 
     Formula: `m_t = g_t + beta * m_{t-1}`, `u_t = -lr_t * (g_t + beta * m_t)`.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> tx = optim.nesterov(0.1, beta=0.9)
     """
@@ -110,7 +110,7 @@ def torch_sgd(
     Returns:
         A `GradientTransformation`; `update` needs `params` when `weight_decay != 0`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.torch_sgd(0.1, momentum=0.9, dampening=0.1, weight_decay=1e-4)
@@ -158,7 +158,7 @@ def adam(
     Returns:
         A `GradientTransformation` with state `(ScaleByAdamState, lr state)`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.adam(1e-3)

@@ -53,7 +53,7 @@ class GradientTransformation(NamedTuple):
     updates and the next state. Because this is a `NamedTuple` of the same two fields as
     `optax.GradientTransformation`, optax accepts it wherever it accepts its own.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.sgd(0.1)
@@ -215,7 +215,7 @@ def global_norm(tree: Any) -> jax.Array:
     Returns:
         A scalar array.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> optim.global_norm({"a": jnp.array([3.0]), "b": jnp.array([4.0])})
@@ -241,7 +241,7 @@ def apply_updates(params: Params, updates: Updates) -> Params:
         ValueError: if the two trees differ (the message names the path).
         TypeError: if a parameter is not floating point.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> p = {"w": jnp.ones(2, jnp.bfloat16)}

@@ -23,7 +23,7 @@ def clip(max_delta: jax.typing.ArrayLike) -> GradientTransformation:
     Returns:
         A stateless `GradientTransformation`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.clip(1.0)
@@ -56,7 +56,7 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
     Returns:
         A stateless `GradientTransformation`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.clip_by_global_norm(1.0)

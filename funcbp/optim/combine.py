@@ -52,7 +52,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     Returns:
         A `GradientTransformation` with state `tuple(part states)`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.chain(optim.clip(1.0), optim.scale(-0.1))
@@ -119,7 +119,7 @@ def skip_nonfinite(inner: GradientTransformation) -> GradientTransformation:
         A `GradientTransformation` with state
         `SkipNonfiniteState(inner_state, notfinite_count, last_finite)`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.skip_nonfinite(optim.sgd(0.1))
@@ -193,7 +193,7 @@ def accumulate(
         A `GradientTransformation` with state
         `AccumulateState(mini_step, gradient_step, inner_opt_state, acc_grads)`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.accumulate(optim.sgd(1.0), every_k=2)

@@ -84,7 +84,7 @@ def add_decayed_weights(weight_decay: float = 0.0, mask: Mask = None) -> Gradien
     Returns:
         A stateless `GradientTransformation`; `update` needs `params`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> p = {"w": jnp.array([2.0]), "b": jnp.array([2.0])}
@@ -110,7 +110,7 @@ def add_l1_decay(l1: float = 0.0, mask: Mask = None) -> GradientTransformation:
     Returns:
         A stateless `GradientTransformation`; `update` needs `params`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> p = jnp.array([-2.0, 0.0, 3.0])

@@ -20,7 +20,7 @@ ArrayLike = jax.typing.ArrayLike
 def constant_schedule(value: ArrayLike) -> Schedule:
     """`lr(t) = value`.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> optim.constant_schedule(0.1)(50)
         0.1
@@ -41,7 +41,7 @@ def polynomial_schedule(
     `s = clip(t - B, 0, T)`, `lr(t) = (init - end) * (1 - s / T)^power + end`.
     A `T <= 0` gives the constant `init_value` (as optax); a negative `B` counts as 0.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> float(optim.polynomial_schedule(1.0, 0.0, 2, 10)(5))
         0.25
@@ -65,7 +65,7 @@ def linear_schedule(
 
     Formula: `lr(t) = (init - end) * (1 - clip(t - B, 0, T) / T) + end`. Used for warmup.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> float(optim.linear_schedule(0.0, 1.0, 4)(1))
         0.25
@@ -85,7 +85,7 @@ def piecewise_constant_schedule(
         init_value: the value before the first boundary.
         boundaries_and_scales: `{step: factor}`, factors `>= 0`.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> s = optim.piecewise_constant_schedule(1.0, {10: 0.1, 20: 0.1})
         >>> round(float(s(9)), 6), round(float(s(10)), 6), round(float(s(20)), 6)
@@ -112,7 +112,7 @@ def step_decay(init_value: float, step_size: int, gamma: float = 0.1) -> Schedul
 
     The same as `exponential_decay(init, step_size, gamma, staircase=True)`.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> float(optim.step_decay(1.0, step_size=10, gamma=0.5)(25))
         0.25
@@ -137,7 +137,7 @@ def exponential_decay(
     above when `decay_rate > 1`). `T <= 0` or `decay_rate == 0` give the constant `init`
     (optax's convention).
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> float(optim.exponential_decay(1.0, transition_steps=10, decay_rate=0.5)(20))
         0.25
@@ -166,7 +166,7 @@ def cosine_decay_schedule(
     Formula: `c = 0.5 * (1 + cos(pi * min(t, D) / D))`,
     `lr(t) = init * ((1 - alpha) * c^exponent + alpha)`.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> round(float(optim.cosine_decay_schedule(1.0, decay_steps=10)(5)), 6)
         0.5
@@ -191,7 +191,7 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
     Formula: `lr(t) = schedules[i](t - boundaries[i-1])` for the last `i` with
     `boundaries[i-1] <= t` (`schedules[0](t)` before the first boundary).
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> s = optim.join_schedules([optim.constant_schedule(1.0),
         ...                           optim.linear_schedule(1.0, 0.0, 10)], [5])
@@ -227,7 +227,7 @@ def warmup_cosine_decay_schedule(
     `cosine_decay_schedule(peak, D - W, alpha=end/peak, exponent)(t - W)`; `decay_steps`
     `D` counts the warmup, as in optax.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> s = optim.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=10, decay_steps=110)
         >>> float(s(5)), float(s(10)), float(s(110))
@@ -255,7 +255,7 @@ def warmup_exponential_decay_schedule(
 ) -> Schedule:
     """Linear warmup to `peak_value`, then `exponential_decay` restarted at `warmup_steps`.
 
-    Example:
+    Examples:
         >>> from funcbp import optim
         >>> s = optim.warmup_exponential_decay_schedule(0.0, 1.0, 10, 10, 0.5)
         >>> float(s(20))

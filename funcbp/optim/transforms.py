@@ -72,7 +72,7 @@ def scale(step_size: jax.typing.ArrayLike) -> GradientTransformation:
     Returns:
         A stateless `GradientTransformation`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.scale(-0.5)
@@ -99,7 +99,7 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     Returns:
         A `GradientTransformation` with state `ScaleByScheduleState(count)`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.scale_by_schedule(lambda t: 1.0 / (t + 1))
@@ -142,7 +142,7 @@ def scale_by_learning_rate(
     Raises:
         ValueError: for a negative or NaN number.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.scale_by_learning_rate(0.1)
@@ -180,7 +180,7 @@ def trace(
     Returns:
         A `GradientTransformation` with state `TraceState(trace)`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.trace(0.9)
@@ -228,7 +228,7 @@ def torch_trace(
     Returns:
         A `GradientTransformation` with state `TorchTraceState(count, trace)`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.torch_trace(0.9, dampening=0.5)
@@ -301,7 +301,7 @@ def scale_by_adam(
     Returns:
         A `GradientTransformation` with state `ScaleByAdamState(count, mu, nu)`.
 
-    Example:
+    Examples:
         >>> import jax.numpy as jnp
         >>> from funcbp import optim
         >>> tx = optim.scale_by_adam()

@@ -75,7 +75,7 @@ class Checkpoint(NamedTuple):
 def key_path_str(path: tuple) -> str:
     """A pytree key path as ``a/b/0/trace`` (dict keys, sequence indices, attribute names).
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.train import key_path_str
       >>> [key_path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path({"a": [1, 2]})[0]]
@@ -152,7 +152,7 @@ def save_checkpoint(
     Returns:
       The path written.
 
-    Example:
+    Examples:
       >>> import tempfile, jax.numpy as jnp
       >>> from funcbp.train import save_checkpoint, load_checkpoint
       >>> path = tempfile.mkdtemp() + "/latest.ckpt"

@@ -213,7 +213,7 @@ def make_optimizer(
 ) -> tuple[optim.GradientTransformation, optim.Schedule]:
     """The optimiser ``config`` describes (clipping, then SGD or Adam), and its schedule.
 
-    Example:
+    Examples:
       >>> from funcbp.train import TrainConfig, make_optimizer
       >>> tx, schedule = make_optimizer(TrainConfig(epochs=2), steps_per_epoch=10)
       >>> round(float(schedule(0)), 3), float(schedule(20))

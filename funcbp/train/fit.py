@@ -209,7 +209,7 @@ def fit(
       NonFiniteError: a loss or gradient became NaN/inf; the message names the step, the
         parameter leaves with non-finite gradients, and the last good checkpoint.
 
-    Example:
+    Examples:
       >>> from funcbp.train import fit
       >>> result = fit(epochs=1, model="mlp", quiet=True, run_dir="/tmp/funcbp-doc-run",
       ...              log=lambda line: None)  # doctest: +SKIP

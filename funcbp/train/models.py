@@ -88,7 +88,7 @@ def get_model(name: str, num_classes: int = 10) -> nn.Layer:
     Returns:
       A :class:`funcbp.nn.Layer`; call ``init(key, (1, H, W, C))`` for its parameters.
 
-    Example:
+    Examples:
       >>> import jax
       >>> from funcbp.train import get_model
       >>> shape, params = get_model("mlp").init(jax.random.key(0), (1, 8, 8, 1))

@@ -78,7 +78,7 @@ def make_train_step(
       gradient), ``finite`` (bool), and ``nonfinite`` (a tree like ``params`` of bools, True
       where that leaf's gradient holds a NaN or inf).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn, losses, optim
       >>> from funcbp.train import make_train_step
@@ -138,7 +138,7 @@ def make_eval_step(
     ``loss`` and ``accuracy`` are means over the batch (``apply_fn(..., train=False)``, no
     dropout, no augmentation); ``count`` is the batch size, for weighting batch means.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from funcbp import nn, losses
       >>> from funcbp.train import make_eval_step

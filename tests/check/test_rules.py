@@ -18,15 +18,15 @@ from funcbp.check.cli import main_check, parse_args_spec
 from funcbp.check.rules import samples, verify_rules
 
 
-@pytest.mark.slow
-def test_every_registered_rule_verifies(capsys):
-    """`funcbp check --quick` over the whole registry exits 0 (this is the CI run).
+def test_check_cli_table_and_exit_code(capsys):
+    """`funcbp check --only ...` prints the table and exits 0.
 
-    About two CPU minutes: eager dispatch compiles each primitive once per shape and dtype.
+    The whole registry (`funcbp check`, a few CPU minutes) runs as its own CI step (`make
+    check` in .ci/run); here a handful of rules keeps the path covered cheaply.
     """
-    assert main_check(["--quick"]) == 0, capsys.readouterr().out
+    assert main_check(["--quick", "--only", "tanh,dot_general,reduce_max"]) == 0
     out = capsys.readouterr().out
-    assert "failed" in out and " 0 failed" in out
+    assert " 0 failed" in out
     for name in ("tanh", "dot_general", "reduce_max"):
         assert f"\n{name} " in out
 
