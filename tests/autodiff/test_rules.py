@@ -73,7 +73,20 @@ def test_rule_matches_jax_vjp(case, dtype, wrap):
                      ours, ref)
 
 
-FD_CASES = [c for c in CASES if c.fd and "float64" in c.dtypes]
+def _fd_cases(cases):
+    """One finite-difference check per operation family (the case-name prefix: conv_*, scan_*,
+    cumsum_*, ...). Every case is already compared with jax at rtol 1e-9 in float64; finite
+    differences add a reference independent of jax, and one per family keeps the suite fast."""
+    seen, picked = set(), []
+    for c in cases:
+        family = c.name.split("_")[0]
+        if c.fd and "float64" in c.dtypes and family not in seen:
+            seen.add(family)
+            picked.append(c)
+    return picked
+
+
+FD_CASES = _fd_cases(CASES)
 
 
 @pytest.mark.parametrize("case", FD_CASES, ids=[c.name for c in FD_CASES])
@@ -113,8 +126,13 @@ def _primitives(jaxpr: core.Jaxpr, seen: set) -> set:
 def test_every_registered_rule_has_a_case():
     covered: set = set()
     for case in CASES:
-        values = _sample(case, 0, case.dtypes[0])
-        _primitives(jax.make_jaxpr(case.fun)(*values).jaxpr, covered)
+        try:  # abstract inputs: tracing needs shapes only, and skips compiling the samplers
+            shapes = jax.eval_shape(lambda k: case.sample(k, jnp.dtype(case.dtypes[0])),
+                                    jax.random.key(0))
+            jaxpr = jax.make_jaxpr(case.fun)(*shapes)
+        except Exception:  # a case whose function needs concrete values
+            jaxpr = jax.make_jaxpr(case.fun)(*_sample(case, 0, case.dtypes[0]))
+        _primitives(jaxpr.jaxpr, covered)
     missing = sorted(p.name for p in funcbp.VJP_RULES if p not in covered)
     assert not missing, f"registered rules with no test case in tests/autodiff/cases: {missing}"
 
