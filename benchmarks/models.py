@@ -137,6 +137,7 @@ CASES = {
     "cnn_28x28_b128": (cnn, (128, 28, 28, 1)),
     "sigmoid_mlp_10_layers_b128": (lambda: mlp((784,) + (256,) * 9 + (10,), jax.nn.sigmoid),
                                    (128, 784)),
+    "gru_64_steps_b128": (gru, (128, 64, 64)),
 }
 
 
