@@ -16,7 +16,9 @@ with the kernel dilated by ``rd`` (rhs dilation, extent ``K = (k - 1) rd + 1``) 
 
 Groups: the ``d x`` convolution keeps ``feature_group_count`` (the kernel's group axis moves from
 its output to its input features); feature groups become batch groups in the ``d w`` convolution
-and vice versa. Batch groups sit group-major on the batch axis (XLA's convention).
+and vice versa. Batch groups sit group-major on the batch axis (XLA's convention). On CPU, the
+``d w`` convolution of a batch of 64 or more is summed over slices of 8+ samples, which XLA runs
+2-3x faster than the whole batch at once.
 
 Pooling rules scatter each window's cotangent back with ``lax.pad`` (interior padding
 ``stride - 1``), one pad per offset in the window, or, for non-overlapping windows, with a
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import itertools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -110,14 +113,39 @@ def _conv_rhs_ct(ct, lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dil
 
     def swap(spec):
         return (spec[1], spec[0], *spec[2:])
+
+    def d_w(x, ct):
+        return lax.conv_general_dilated(
+            x, ct, window_strides=rhs_dilation, padding=pads, lhs_dilation=lhs_dilation,
+            rhs_dilation=window_strides,
+            dimension_numbers=lax.ConvDimensionNumbers(swap(lhs_spec), swap(out_spec),
+                                                       swap(rhs_spec)),
+            feature_group_count=batch_group_count, batch_group_count=feature_group_count,
+            precision=precision)
     x, ct = _same_dtype(lhs, ct)
-    return lax.conv_general_dilated(
-        x, ct, window_strides=rhs_dilation, padding=pads, lhs_dilation=lhs_dilation,
-        rhs_dilation=window_strides,
-        dimension_numbers=lax.ConvDimensionNumbers(swap(lhs_spec), swap(out_spec),
-                                                   swap(rhs_spec)),
-        feature_group_count=batch_group_count, batch_group_count=feature_group_count,
-        precision=precision)
+    batch = x.shape[lhs_spec[0]]
+    chunk = _batch_chunk(batch) if batch_group_count == 1 else None
+    if chunk is None:
+        return d_w(x, ct)
+    # The batch is this convolution's contraction; XLA's CPU backend runs it 2-3x faster as a
+    # sum over slices of a few samples than in one piece (batch 128 CNNs: 24 ms -> 9 ms).
+    total = None
+    for start in range(0, batch, chunk):
+        stop = min(batch, start + chunk)
+        piece = d_w(lax.slice_in_dim(x, start, stop, axis=lhs_spec[0]),
+                    lax.slice_in_dim(ct, start, stop, axis=out_spec[0]))
+        total = piece if total is None else total + piece
+    return total
+
+
+def _batch_chunk(batch):
+    """Samples per slice for the kernel's cotangent on CPU (None: one piece); see above."""
+    if batch < _CHUNKED_BATCH or jax.default_backend() != "cpu":
+        return None
+    return max(8, -(-batch // 16))  # slices of 8 samples, at most 16 slices
+
+
+_CHUNKED_BATCH = 64  # smaller batches run as fast in one piece
 
 
 @vjp_rule(lax.conv_general_dilated_p)
@@ -215,14 +243,21 @@ def reduce_window_sum_vjp(ct, x, *, window_dimensions, window_strides, padding, 
         g = _unblock(lax.broadcast_in_dim(_interleave_out(ct, ct.ndim), blocks,
                                           tuple(range(2 * ct.ndim))), xp_shape)
         return (_undilate_and_unpad(g, padding, base_dilation),)
-    # Overlapping windows: dilate the cotangent by the stride, then sum every window of it
+    if np.prod(window_dimensions) <= _MANY_OFFSETS:
+        # Overlapping windows, small: one strided zero-padding of the cotangent per window
+        # offset, summed; XLA fuses these into one pass (~10x faster than reduce_window on CPU).
+        g = None
+        for start in _window_offsets(window_dimensions, window_dilation):
+            piece = _scatter_window(ct, start, xp_shape, window_strides)
+            g = piece if g is None else g + piece
+        return (_undilate_and_unpad(g, padding, base_dilation),)
+    # Large overlapping windows: dilate the cotangent by the stride, then sum every window of it
     # (as wide as the forward window) that lands on a position of the dilated, padded input.
-    config, reach = [], []
+    config = []
     for p, m, s, w, d in zip(xp_shape, ct.shape, window_strides, window_dimensions,
                              window_dilation, strict=True):
         extent = (w - 1) * d + 1
         config.append((extent - 1, p - (m - 1) * s - 1, s - 1))
-        reach.append(extent)
     spread = lax.pad(ct, jnp.zeros((), ct.dtype), config)
     g = lax.reduce_window_sum_p.bind(
         spread, window_dimensions=tuple(window_dimensions), window_strides=(1,) * ct.ndim,

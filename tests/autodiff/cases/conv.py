@@ -15,10 +15,11 @@ from tests.autodiff.cases.elementwise import ties
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def conv_case(name, lhs_shape, rhs_shape, **params):
+def conv_case(name, lhs_shape, rhs_shape, fd=False, **params):
+    """A convolution case; ``fd=True`` also checks it against finite differences."""
     fun = partial(lax.conv_general_dilated, **params)
     return Case(f"conv_{name}", fun, args(normal(*lhs_shape), normal(*rhs_shape)),
-                rtol=1e-4, atol=1e-5)
+                rtol=1e-4, atol=1e-5, fd=fd)
 
 
 def _pool(kind, x, **params):
@@ -26,45 +27,52 @@ def _pool(kind, x, **params):
     return lax.reduce_window(x, init, op, **params)
 
 
-def pool_case(kind, name, shape, window, strides, padding="VALID", sampler=normal, **params):
+def pool_case(kind, name, shape, window, strides, padding="VALID", sampler=normal, fd=False,
+              **params):
+    """A pooling case; ``fd=True`` (never with ties) also checks finite differences."""
     fun = partial(_pool, kind, window_dimensions=window, window_strides=strides, padding=padding,
                   **params)
-    tied = sampler is ties
-    return Case(f"{kind}_pool_{name}", fun, args(sampler(*shape)), fd=not tied)
+    return Case(f"{kind}_pool_{name}", fun, args(sampler(*shape)), fd=fd and sampler is not ties)
 
 
 CONV_CASES = [
     conv_case("stride2_same", (2, 3, 7, 8), (4, 3, 3, 3), window_strides=(2, 2), padding="SAME"),
     conv_case("stride3_asym_negative_pad", (2, 3, 9, 8), (4, 3, 3, 2), window_strides=(3, 2),
-              padding=((2, 0), (-1, 3))),
+              padding=((2, 0), (-1, 3)), fd=True),
     conv_case("stride_not_dividing_valid", (2, 2, 10, 9), (3, 2, 3, 3), window_strides=(4, 3),
               padding="VALID"),
     conv_case("rhs_dilation2", (2, 3, 9, 8), (4, 3, 3, 2), window_strides=(1, 2),
               padding=((1, 1), (0, 1)), rhs_dilation=(2, 2)),
     conv_case("lhs_dilation2_transposed", (2, 3, 5, 4), (4, 3, 3, 3), window_strides=(2, 1),
-              padding=((2, 1), (1, 2)), lhs_dilation=(2, 2), rhs_dilation=(1, 2)),
+              padding=((2, 1), (1, 2)), lhs_dilation=(2, 2), rhs_dilation=(1, 2), fd=True),
     conv_case("feature_groups2", (2, 4, 6, 6), (6, 2, 3, 3), window_strides=(2, 1),
               padding="SAME", feature_group_count=2),
     conv_case("depthwise", (2, 4, 6, 6), (8, 1, 3, 3), window_strides=(1, 1), padding="SAME",
               feature_group_count=4),
     conv_case("batch_groups2", (4, 3, 6, 6), (6, 3, 3, 3), window_strides=(1, 2),
-              padding=((1, 0), (2, 1)), batch_group_count=2),
+              padding=((1, 0), (2, 1)), batch_group_count=2, fd=True),
     conv_case("nhwc_stride2_same", (2, 7, 6, 3), (3, 3, 3, 5), window_strides=(2, 2),
               padding="SAME", dimension_numbers=NHWC),
     conv_case("nhwc_batch_groups2", (4, 7, 6, 3), (3, 3, 3, 6), window_strides=(1, 1),
               padding="VALID", dimension_numbers=NHWC, batch_group_count=2),
     conv_case("mixed_layouts_feature_groups", (2, 7, 6, 4), (6, 2, 2, 3), window_strides=(2, 2),
-              padding="SAME", dimension_numbers=("NHWC", "OIHW", "NCHW"), feature_group_count=2),
+              padding="SAME", dimension_numbers=("NHWC", "OIHW", "NCHW"), feature_group_count=2,
+              fd=True),
     conv_case("1d_nwc", (2, 11, 3), (3, 3, 4), window_strides=(2,), padding=((2, 1),),
-              rhs_dilation=(3,), dimension_numbers=("NWC", "WIO", "NWC")),
+              rhs_dilation=(3,), dimension_numbers=("NWC", "WIO", "NWC"), fd=True),
     conv_case("3d", (2, 2, 5, 4, 6), (3, 2, 2, 3, 3), window_strides=(1, 2, 2), padding="SAME",
-              rhs_dilation=(2, 1, 1)),
+              rhs_dilation=(2, 1, 1), fd=True),
     conv_case("size1_spatial", (2, 3, 1, 5), (4, 3, 3, 3), window_strides=(1, 2),
               padding="SAME"),
+    # batches of 64 and more: on CPU the kernel's cotangent is summed over slices of the batch
+    conv_case("batch70_sliced_nhwc", (70, 5, 4, 2), (3, 3, 2, 3), window_strides=(2, 1),
+              padding="SAME", dimension_numbers=NHWC),
+    conv_case("batch64_sliced_feature_groups", (64, 4, 3, 5), (4, 2, 3, 2), window_strides=(1, 1),
+              padding="VALID", feature_group_count=2),
     Case("conv_precision_preferred_type",
          partial(lax.conv_general_dilated, window_strides=(1, 1), padding="SAME",
                  precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32),
-         args(normal(2, 3, 6, 5), normal(4, 3, 3, 3)), rtol=1e-4, atol=1e-5,
+         args(normal(2, 3, 6, 5), normal(4, 3, 3, 3)), rtol=1e-4, atol=1e-5, fd=False,
          dtypes=("float32",)),
     Case("conv_variable_used_twice",
          lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME") * x[:, :1],
@@ -78,11 +86,11 @@ NHWC_3x3_2 = dict(window=(1, 3, 3, 1), strides=(1, 2, 2, 1))
 POOL_CASES = [
     pool_case("max", "2x2s2_crop_ties", (2, 7, 5, 3), **NHWC_2x2, sampler=ties),
     pool_case("max", "2x2s2_same_ties", (2, 7, 5, 3), **NHWC_2x2, padding="SAME", sampler=ties),
-    pool_case("max", "2x2s2_nchw", (2, 3, 6, 4), (1, 1, 2, 2), (1, 1, 2, 2)),
+    pool_case("max", "2x2s2_nchw", (2, 3, 6, 4), (1, 1, 2, 2), (1, 1, 2, 2), fd=True),
     pool_case("max", "3x3s1_ties", (2, 6, 6, 3), **NHWC_3x3_1, sampler=ties),
     pool_case("max", "3x3s1_same_ties", (2, 6, 5, 3), **NHWC_3x3_1, padding="SAME", sampler=ties),
     pool_case("max", "3x3s2_same_ties", (2, 7, 8, 3), **NHWC_3x3_2, padding="SAME", sampler=ties),
-    pool_case("max", "3x3s2", (2, 7, 8, 3), **NHWC_3x3_2, padding="SAME"),
+    pool_case("max", "3x3s2", (2, 7, 8, 3), **NHWC_3x3_2, padding="SAME", fd=True),
     pool_case("max", "asym_pad_ties", (2, 7, 8), (1, 3, 2), (1, 2, 3),
               padding=((0, 0), (2, 0), (0, 1)), sampler=ties),
     pool_case("max", "base_dilation_ties", (2, 5, 4), (1, 3, 2), (1, 2, 1),
@@ -100,12 +108,15 @@ POOL_CASES = [
     pool_case("sum", "2x2s2_odd_same", (2, 7, 5, 3), **NHWC_2x2, padding="SAME"),
     pool_case("sum", "3x3s1_same", (2, 6, 5, 3), **NHWC_3x3_1, padding="SAME"),
     pool_case("sum", "3x3s2_asym", (2, 7, 8, 3), **NHWC_3x3_2,
-              padding=((0, 0), (2, 0), (0, 1), (0, 0))),
+              padding=((0, 0), (2, 0), (0, 1), (0, 0)), fd=True),
     pool_case("sum", "window_dilation", (2, 9, 8), (1, 3, 2), (1, 1, 2),
-              window_dilation=(1, 2, 2)),
+              window_dilation=(1, 2, 2), fd=True),
     pool_case("sum", "base_dilation", (2, 5, 4), (1, 3, 2), (1, 2, 1),
-              padding=((0, 0), (1, 1), (0, 1)), base_dilation=(1, 2, 2)),
+              padding=((0, 0), (1, 1), (0, 1)), base_dilation=(1, 2, 2), fd=True),
     pool_case("sum", "1d", (2, 3, 11), (1, 1, 3), (1, 1, 2), padding="SAME"),
+    # overlapping windows of more than 16 elements go through pad + reduce_window_sum
+    pool_case("sum", "5x4_overlapping", (2, 9, 8), (1, 5, 4), (1, 2, 1), padding="SAME",
+              fd=True),
     Case("avg_pool_nhwc", lambda x: _pool("sum", x, window_dimensions=(1, 2, 2, 1),
                                           window_strides=(1, 2, 2, 1), padding="SAME") / 4.0,
          args(normal(2, 5, 6, 3))),
