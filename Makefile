@@ -31,7 +31,7 @@ docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir build/site
 
 check: $(STAMP)
-	$(BIN)/funcbp check
+	$(BIN)/funcbp check --quick
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -e '.[bench]'

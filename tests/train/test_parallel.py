@@ -52,6 +52,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_all(procs, timeout):
+    """Output of every worker; if one hangs, all are killed and the test fails cleanly."""
+    try:
+        logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"a distributed worker hung for {timeout} s; all were killed")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs, strict=True):
+        assert p.returncode == 0, log
+    return logs
+
+
 @pytest.mark.slow
 def test_two_processes_over_gloo_match_single_process(tmp_path):
     ref = tmp_path / "single.npz"
@@ -61,17 +77,7 @@ def test_two_processes_over_gloo_match_single_process(tmp_path):
     procs = [subprocess.Popen([sys.executable, str(WORKER), "process", addr, "2", str(i),
                                str(outs[i])], env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    try:
-        logs = [p.communicate(timeout=180)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        pytest.fail("a distributed worker hung; both were killed")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log
+    _wait_all(procs, timeout=180)
     single = np.load(ref)
     a, b = np.load(outs[0]), np.load(outs[1])
     for k in single.files:
@@ -122,17 +128,7 @@ def test_cli_two_processes_write_once_and_resume_with_one(tmp_path):
     common = ["--model", "mlp", "--epochs", "1", "--batch-size", "64", "--run-dir", str(run_dir),
               "--coordinator", addr, "--num-processes", "2"]
     procs = [_cli([*common, "--process-id", str(i)], _env()) for i in range(2)]
-    try:
-        logs = [p.communicate(timeout=240)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-        pytest.fail("a CLI worker hung; both were killed")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log
+    logs = _wait_all(procs, timeout=240)
     last = [log.strip().splitlines()[-1] for log in logs]
     assert last[0] == last[1] and last[0].startswith("test accuracy:")
     assert (run_dir / "checkpoints" / "latest.ckpt").exists()
