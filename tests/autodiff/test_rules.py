@@ -123,12 +123,16 @@ def _primitives(jaxpr: core.Jaxpr, seen: set) -> set:
     return seen
 
 
+def _abstract_sample(case):
+    dtype = jnp.dtype(case.dtypes[0])
+    return jax.eval_shape(lambda key: case.sample(key, dtype), jax.random.key(0))
+
+
 def test_every_registered_rule_has_a_case():
     covered: set = set()
     for case in CASES:
         try:  # abstract inputs: tracing needs shapes only, and skips compiling the samplers
-            shapes = jax.eval_shape(lambda k: case.sample(k, jnp.dtype(case.dtypes[0])),
-                                    jax.random.key(0))
+            shapes = _abstract_sample(case)
             jaxpr = jax.make_jaxpr(case.fun)(*shapes)
         except Exception:  # a case whose function needs concrete values
             jaxpr = jax.make_jaxpr(case.fun)(*_sample(case, 0, case.dtypes[0]))
