@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 from jax.extend import core
 from jax.tree_util import PyTreeDef, tree_flatten, tree_unflatten
 
-__all__ = ["Traced", "trace"]
+__all__ = ["Traced", "all_jaxprs", "trace"]
+
+
+def all_jaxprs(jaxpr: core.Jaxpr) -> Iterator[core.Jaxpr]:
+    """``jaxpr`` and, recursively, every jaxpr held in its equations' params (jit, scan, ...)."""
+    yield jaxpr
+    for eqn in jaxpr.eqns:
+        for p in eqn.params.values():
+            for sub in p if isinstance(p, (tuple, list)) else (p,):
+                if isinstance(sub, core.ClosedJaxpr):
+                    yield from all_jaxprs(sub.jaxpr)
+                elif isinstance(sub, core.Jaxpr):
+                    yield from all_jaxprs(sub)
 
 
 class Traced:

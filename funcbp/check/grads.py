@@ -28,6 +28,7 @@ import numpy as np
 from jax.extend import core
 
 from funcbp.autodiff.api import vjp as funcbp_vjp
+from funcbp.autodiff.trace import all_jaxprs
 
 __all__ = ["Comparison", "GradCheckError", "GradCheckReport", "LeafCheck", "check_grads",
            "default_tolerances"]
@@ -212,18 +213,13 @@ def _dtype_name(x: Any) -> str:
 
 def _lowest_float(jaxpr: core.Jaxpr, found: set) -> set:
     """Every float dtype a value of ``jaxpr`` (and its sub-jaxprs) has."""
-    for v in list(jaxpr.invars) + list(jaxpr.constvars):
-        found.add(v.aval.dtype)
-    for eqn in jaxpr.eqns:
-        for v in eqn.outvars:
-            if hasattr(v.aval, "dtype"):
-                found.add(v.aval.dtype)
-        for p in eqn.params.values():
-            for sub in p if isinstance(p, (tuple, list)) else (p,):
-                if isinstance(sub, core.ClosedJaxpr):
-                    _lowest_float(sub.jaxpr, found)
-                elif isinstance(sub, core.Jaxpr):
-                    _lowest_float(sub, found)
+    for j in all_jaxprs(jaxpr):
+        for v in list(j.invars) + list(j.constvars):
+            found.add(v.aval.dtype)
+        for eqn in j.eqns:
+            for v in eqn.outvars:
+                if hasattr(v.aval, "dtype"):
+                    found.add(v.aval.dtype)
     return found
 
 

@@ -31,6 +31,7 @@ from jax.extend import core
 
 from funcbp.autodiff.api import vjp as funcbp_vjp
 from funcbp.autodiff.rules import RULE_MODULES, VJP_RULES
+from funcbp.autodiff.trace import all_jaxprs
 from funcbp.check.grads import (
     _compare,
     _lowest_float,
@@ -524,14 +525,7 @@ def _short(dtype: str) -> str:
 
 
 def _primitive_names(jaxpr: core.Jaxpr, seen: set) -> set:
-    for eqn in jaxpr.eqns:
-        seen.add(eqn.primitive.name)
-        for p in eqn.params.values():
-            for sub in p if isinstance(p, (tuple, list)) else (p,):
-                if isinstance(sub, core.ClosedJaxpr):
-                    _primitive_names(sub.jaxpr, seen)
-                elif isinstance(sub, core.Jaxpr):
-                    _primitive_names(sub, seen)
+    seen.update(eqn.primitive.name for j in all_jaxprs(jaxpr) for eqn in j.eqns)
     return seen
 
 

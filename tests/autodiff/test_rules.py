@@ -10,6 +10,7 @@ import pytest
 from jax.extend import core
 
 import funcbp
+from funcbp.autodiff.trace import all_jaxprs
 from tests.autodiff.cases import all_cases
 
 CASES = all_cases()
@@ -112,14 +113,7 @@ def test_rule_matches_finite_differences(case):
 
 
 def _primitives(jaxpr: core.Jaxpr, seen: set) -> set:
-    for eqn in jaxpr.eqns:
-        seen.add(eqn.primitive)
-        for p in eqn.params.values():
-            for sub in p if isinstance(p, (tuple, list)) else (p,):
-                if isinstance(sub, core.ClosedJaxpr):
-                    _primitives(sub.jaxpr, seen)
-                elif isinstance(sub, core.Jaxpr):
-                    _primitives(sub, seen)
+    seen.update(eqn.primitive for j in all_jaxprs(jaxpr) for eqn in j.eqns)
     return seen
 
 
