@@ -63,13 +63,13 @@ def _zero_tangent(aval):
 
 # --- custom_jvp -------------------------------------------------------------------------------
 
-def custom_jvp_call_vjp(cts, *args, out, needs, call_jaxpr, jvp_jaxpr_fun, num_consts,
-                        symbolic_zeros, **params):
-    """Transposes the user's custom JVP with funcbp's own walk.
+def custom_jvp_call_forward(*args, needs, call_jaxpr, jvp_jaxpr_fun, num_consts,
+                            symbolic_zeros, **params):
+    """Evaluates the user's JVP jaxpr at zero tangents and keeps its record.
 
-    The JVP jaxpr maps (primals, tangents) to (primal outputs, tangent outputs) and is linear in
-    the tangents. Evaluating it forward at zero tangents and walking it back from the output
-    cotangents yields the transpose, i.e. the VJP, evaluated with the user's derivative.
+    The primal outputs are taken from the JVP's own primal half, so the backward walks the same
+    values the forward produced: nothing is recomputed, and only what the JVP's tangent half
+    needs (e.g. softmax's output, not its input) stays live until the backward pass.
     """
     interp = _interp()
     primals = list(args[num_consts:])
@@ -82,17 +82,30 @@ def custom_jvp_call_vjp(cts, *args, out, needs, call_jaxpr, jvp_jaxpr_fun, num_c
     kept = [i for i, z in enumerate(in_zeros) if not z]
     tangents = [_zero_tangent(in_avals[i]) for i in kept]
     active = [False] * len(primals) + [wanted[i] for i in kept]
-    _, record = interp.forward(jvp_jaxpr, list(jvp_consts), primals + tangents, active)
+    outs, record = interp.forward(jvp_jaxpr, list(jvp_consts), primals + tangents, active)
+    n_out = len(out_zeros)
+    return outs[:n_out], (record, out_zeros, kept, wanted, len(primals))
+
+
+def custom_jvp_call_vjp(cts, *args, res, num_consts, **params):
+    """Transposes the user's custom JVP with funcbp's own walk.
+
+    The JVP jaxpr maps (primals, tangents) to (primal outputs, tangent outputs) and is linear in
+    the tangents. Walking its forward record (see :func:`custom_jvp_call_forward`) back from the
+    output cotangents, placed on the tangent outputs, yields the transpose, i.e. the VJP,
+    evaluated with the user's derivative.
+    """
+    record, out_zeros, kept, wanted, n_primals = res
     nonzero_cts = [ct for ct, z in zip(cts, out_zeros, strict=True) if not z]
     cts_all = [None] * len(out_zeros) + nonzero_cts
-    cts_tangents = interp.backward(record, cts_all)[len(primals):]
-    result = [None] * len(primals)
+    cts_tangents = _interp().backward(record, cts_all)[n_primals:]
+    result = [None] * n_primals
     for i, ct in zip(kept, cts_tangents, strict=True):
         result[i] = ct if wanted[i] else None
     return (None,) * num_consts + tuple(result)
 
 
-register_vjp_rule(cd.custom_jvp_call_p, custom_jvp_call_vjp)
+register_vjp_rule(cd.custom_jvp_call_p, custom_jvp_call_vjp, forward=custom_jvp_call_forward)
 
 
 # --- custom_vjp -------------------------------------------------------------------------------

@@ -31,6 +31,10 @@ CASES = [
     Case("mul_same_var_twice", lambda x: x * x, args(normal(*S))),
     Case("mul_literal", lambda x: 0.5 * x, args(normal(*S))),
     Case("div", lambda x, y: x / y, args(normal(*S), positive(*S))),
+    # A broadcast denominator (softmax, mean) takes the rule's reduce-then-divide path.
+    Case("div_broadcast_denominator", lambda x, y: x / y, args(normal(*S), positive(3, 1))),
+    Case("div_broadcast_both", lambda x, y: x / y, args(normal(3, 1), positive(1, 4))),
+    Case("div_scalar_denominator", lambda x, y: x / y, args(normal(*S), positive())),
     Case("neg", lambda x: -x, args(normal(*S))),
     Case("max", lambda x, y: lax.max(x, y), args(normal(*S), normal(*S))),
     Case("max_ties", lambda x, y: lax.max(x, y), args(ties(*S), ties(*S)), fd=False),
