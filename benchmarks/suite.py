@@ -28,7 +28,7 @@ from benchmarks import measure, models
 from benchmarks.cases import SPECIAL, Case, get
 
 #: every part a jax case can measure; ``--parts`` picks a subset.
-PARTS = ("compile", "memory", "grad", "step", "eager", "flops", "ceiling")
+PARTS = ("compile", "memory", "hlo", "grad", "step", "eager", "flops", "ceiling")
 
 
 def _na(e: BaseException) -> str:
@@ -129,6 +129,13 @@ def measure_jax(case: Case, *, reps: int = 50, eager_reps: int = 5, compile_reps
             m["ratio"] = m["funcbp"]["total_bytes"] / m["jax"]["total_bytes"]
             m["temp_ratio"] = m["funcbp"]["temp_bytes"] / max(m["jax"]["temp_bytes"], 1)
         out["memory"] = m
+    if "hlo" in parts and "funcbp" in steps:
+        from benchmarks import hlo_compare
+        texts = {k: jax.jit(s, **donate).lower(*step_args).compile().as_text()
+                 for k, s in steps.items()}
+        out["hlo"] = {"identical": hlo_compare.structurally_identical(texts["funcbp"],
+                                                                      texts["jax"]),
+                      **{k: hlo_compare.instruction_counts(t) for k, t in texts.items()}}
     if "grad" in parts:
         jitted = {k: jax.jit(vg(loss)) for k, vg in fns.items()}
         out["grad"] = _times(measure.alternate(

@@ -72,7 +72,7 @@ def test_one_case_in_a_subprocess_writes_json_and_markdown(tmp_path):
                   "<!-- suite:end -->\n\nHand-written outro.\n")
     out = tmp_path / "suite.json"
     argv = ["--case", "tiny_mlp", "--quick", "--reps", "2", "--no-torch", "--no-specials",
-            "--parts", "grad,step,memory,flops", "--markdown", str(md), "--json-out", str(out),
+            "--parts", "grad,step,memory,flops,hlo", "--markdown", str(md), "--json-out", str(out),
             "--docs-json", ""]
     bench_main.main(argv)
     saved = json.loads(out.read_text())
@@ -83,12 +83,13 @@ def test_one_case_in_a_subprocess_writes_json_and_markdown(tmp_path):
         assert math.isclose(row[part]["ratio"], row[part]["funcbp_s"] / row[part]["jax_s"])
     assert row["flops"]["train"] == _mlp_train_flops(4, (16, 8, 10))[1]
     assert row["memory"]["funcbp"]["total_bytes"] > 0
+    assert row["hlo"]["identical"] is True, row["hlo"]       # a ReLU MLP: jax's very program
     assert saved["machine"]["jax"] == jax.__version__
     assert saved["command"].endswith("--docs-json ''")
     text = md.read_text()
     assert text.startswith("# Benchmarks\n\nHand-written intro.") and "Hand-written outro." in text
     assert "old" not in text and text.count("<!-- suite:begin -->") == 1
-    assert "| tiny_mlp | 4 |" in text
+    assert "| tiny_mlp | 4 |" in text and "same program as jax.grad's" in text
     # rewriting replaces the section instead of adding a second one
     report.write_markdown(md, saved)
     assert md.read_text().count("<!-- suite:begin -->") == 1
@@ -135,3 +136,13 @@ def test_paired_ratio_statistics():
     assert s["ratio"] == pytest.approx(np.median(ours) / np.median(ref))
     q1, q3 = np.percentile(np.asarray(ours) / ref, [25, 75])
     assert s["noise"] == pytest.approx((q3 - q1) / 2)
+
+
+def test_the_dense_step_target_accepts_a_slower_run_of_the_same_program():
+    def row(case, ratio, identical):
+        return {"case": case, "kind": "dense", "na": {}, "batch": 1,
+                "step": {"ratio": ratio, "noise": 0.01}, "hlo": {"identical": identical}}
+    check = lambda rows: report.targets({"cases": rows})[0]
+    assert check([row("a", 1.04, True)])["pass"] is True        # same program: noise
+    assert check([row("a", 1.04, False)])["pass"] is False      # a different program: slower
+    assert check([row("a", 1.005, False)])["pass"] is True      # within the measured noise
