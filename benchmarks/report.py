@@ -42,6 +42,12 @@ def step_gflops(row: dict, who: str) -> float | None:
     return None if not t or not fl else fl / t / 1e9
 
 
+def torch_gflops(row: dict) -> float | None:
+    """Achieved GFLOP/s of PyTorch's eager train step, with funcbp's FLOP count of the model."""
+    t, fl = _get(row, "torch", "eager_step_s"), _get(row, "flops", "train")
+    return None if not t or not fl else fl / t / 1e9
+
+
 def ceiling(results: dict, row: dict | None = None) -> float | None:
     """The matmul ceiling measured in ``row``'s own process, else the suite's dedicated one."""
     return _get(row, "ceiling", "gflops") or _get(results, "ceiling", "gflops")
@@ -109,12 +115,13 @@ def tables(results: dict) -> str:
         out += ["", f"Interpreter overhead (sin chain): {io.get('na') or io.get('error')}"]
     out += ["", "### PyTorch on CPU (samples/s of the SGD-momentum train step)\n",
             "| case | funcbp compiled | jax compiled | torch eager | torch.compile | "
-            "funcbp / torch eager | funcbp / torch.compile | torch.compile time s |",
-            "|---|---|---|---|---|---|---|---|"]
+            "funcbp / torch eager | funcbp / torch.compile | torch.compile time s | "
+            "% of ceiling: funcbp | torch eager |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r.get("torch") or {}
         if not t or "na" in t and "eager_step_s" not in t:
-            out.append(f"| {r['case']} | | | {t.get('na', 'not run')} | | | | |")
+            out.append(f"| {r['case']} | | | {t.get('na', 'not run')} | | | | | | |")
             continue
         b = r["batch"]
         sps = lambda s, b=b: b / s if s else None
@@ -125,8 +132,14 @@ def tables(results: dict) -> str:
             f"{_f(eager, '.0f')} | {_f(comp, '.0f') if comp else t.get('compile_na', 'n/a')} | "
             f"{_f(ours / eager if ours and eager else None)} | "
             f"{_f(ours / comp if ours and comp else None)} | "
-            f"{_f(t.get('compile_time_s'), '.1f')} |")
+            f"{_f(t.get('compile_time_s'), '.1f')} | "
+            f"{_f(_pct(step_gflops(r, 'funcbp'), ceiling(results, r)), '.0%')} | "
+            f"{_f(_pct(torch_gflops(r), ceiling(results, r)), '.0%')} |")
     return "\n".join(out)
+
+
+def _pct(gflops, ceil):
+    return gflops / ceil if gflops and ceil else None
 
 
 def targets(results: dict) -> list[dict]:
