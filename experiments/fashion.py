@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                            j(stats(x_test[:n_test])), j(y_test[:n_test], np.int32))
     he = nn.init.he_normal()
     models = {"mlp": common.deep_mlp([256, 128, 100], "relu", he), "cnn": get_model("cnn")}
-    epochs = {"mlp": 1 if quick else 10, "cnn": 1 if quick else 4}
+    epochs = {"mlp": 1 if quick else 20, "cnn": 1 if quick else 15}
     results: dict = {"train": n_train, "val": int(splits.x_val.shape[0]), "test": n_test,
                      "optimizer": "adam(1e-3)", "batch_size": 128, "epochs": epochs,
                      "baselines": {k: {"name": n, "accuracy": a}
