@@ -146,3 +146,12 @@ def test_the_dense_step_target_accepts_a_slower_run_of_the_same_program():
     assert check([row("a", 1.04, True)])["pass"] is True        # same program: noise
     assert check([row("a", 1.04, False)])["pass"] is False      # a different program: slower
     assert check([row("a", 1.005, False)])["pass"] is True      # within the measured noise
+
+
+def test_step_profile_names_the_instructions_that_take_the_time():
+    from benchmarks import profile_step
+    wall_ms, rows = profile_step.profile("tiny_mlp", "funcbp", steps=2)
+    assert wall_ms > 0 and rows, rows
+    assert all(r["ms"] >= 0 and r["shape"].startswith(("f32", "s32", "(")) for r in rows)
+    # the MLP's matmuls appear, whether XLA left them as dots or fused them
+    assert any("dot" in r["op"] for r in rows), [r["op"] for r in rows]
