@@ -68,8 +68,8 @@ def custom_jvp_call_forward(*args, needs, call_jaxpr, jvp_jaxpr_fun, num_consts,
     """Evaluates the user's JVP jaxpr at zero tangents and keeps its record.
 
     The primal outputs are taken from the JVP's own primal half, so the backward walks the same
-    values the forward produced: nothing is recomputed, and only what the JVP's tangent half
-    needs (e.g. softmax's output, not its input) stays live until the backward pass.
+    values the forward produced: nothing is recomputed, and only the primal values that the
+    JVP's tangent half reads (e.g. relu's input sign) stay live until the backward pass.
     """
     interp = _interp()
     primals = list(args[num_consts:])

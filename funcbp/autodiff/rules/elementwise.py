@@ -67,7 +67,7 @@ def mul_vjp(ct, x, y, **params):
 def div_vjp(ct, x, y, *, out, **params):
     """d(x / y) = dx / y - (x / y) dy / y, reusing the forward output.
 
-    When ``y`` is broadcast (a softmax or mean denominator), ``-sum(dx x) / y / y`` is used
+    When ``y`` is broadcast (a softmax or mean denominator), ``-sum(ct x) / y / y`` is used
     instead: the product with ``x`` fuses into the reduction, the divisions run on the small
     array, and the full-size quotient need not be kept or materialised for the backward pass.
     """
