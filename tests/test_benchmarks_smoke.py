@@ -155,3 +155,9 @@ def test_step_profile_names_the_instructions_that_take_the_time():
     assert all(r["ms"] >= 0 and r["shape"].startswith(("f32", "s32", "(")) for r in rows)
     # the MLP's matmuls appear, whether XLA left them as dots or fused them
     assert any("dot" in r["op"] for r in rows), [r["op"] for r in rows]
+
+
+def test_ci_guard_covers_every_benchmark_case():
+    from benchmarks.cases import CASES
+    assert set(ci_guard.GUARD_CASES) == {n for n, c in CASES.items() if not c.hidden}
+    assert "transformer_block_b32" in ci_guard.GUARD_CASES
