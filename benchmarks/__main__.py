@@ -1,7 +1,7 @@
 """The benchmark suite: every case in its own process, then JSON and docs/benchmarks.md.
 
-    python -m benchmarks                   # full run (make bench): ~15-20 min on 2 cores
-    python -m benchmarks --quick           # few repetitions, no torch.compile: ~3-5 min
+    python -m benchmarks                   # full run (make bench): ~4 min on 2 quiet cores
+    python -m benchmarks --quick           # few repetitions, no torch.compile: ~2 min
     python -m benchmarks --case cnn_28x28_b128 --no-torch
 
 Writes ``benchmarks/results/suite.json``, a copy in ``docs/benchmarks.json`` and the generated
