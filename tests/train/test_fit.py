@@ -47,8 +47,10 @@ def _leaves(tree):
 
 @pytest.mark.slow
 def test_resume_equals_uninterrupted_bit_for_bit(tmp_path):
-    # The CNN: dropout and shifts use the per-step keys, so a wrong key after resuming shows.
-    config = TrainConfig(**{**TINY, "model": "digits_cnn"})
+    # Dropout (wide_mlp) and random shifts (augment, on by default) use the per-step keys, so a
+    # wrong key after resuming shows.
+    config = TrainConfig(**{**TINY, "model": "wide_mlp"})
+    assert config.augment
     straight = fit(config, run_dir=tmp_path / "straight", **QUIET)
     with pytest.raises(Interrupt):
         fit(config, run_dir=tmp_path / "broken", callbacks=[_stop_after(1)], **QUIET)
