@@ -21,6 +21,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import jax
@@ -42,7 +43,8 @@ from funcbp.check.grads import (
     format_table,
 )
 
-__all__ = ["RuleResult", "RulesReport", "Sample", "samples", "verify_rules"]
+__all__ = ["RuleResult", "RulesReport", "Sample", "float_argnums", "of_float_args",
+           "pull_back", "samples", "verify_rules"]
 
 Draw = Callable[[jax.Array, Any], Any]
 
@@ -538,22 +540,35 @@ def _random_cotangent(key: jax.Array, out: Any) -> Any:
         else np.zeros(jnp.shape(x), jax.dtypes.float0) for k, x in zip(keys, leaves, strict=True)])
 
 
-def _float_argnums(values: Sequence[Any]) -> tuple[int, ...]:
+def float_argnums(values: Sequence[Any]) -> tuple[int, ...]:
+    """Positions of the floating-point entries of ``values``: those a gradient is taken of."""
     return tuple(i for i, a in enumerate(values)
                  if jnp.issubdtype(jnp.result_type(a), jnp.inexact))
 
 
-def _pull_back(vjp: Callable, fun: Callable, values: tuple, ct_key: jax.Array) -> tuple:
-    nums = _float_argnums(values)
+def of_float_args(fun: Callable, values: Sequence[Any]) -> tuple[Callable, tuple]:
+    """``(f, floats)``: ``fun`` as a function of the floating-point entries of ``values`` only
+    (the others, e.g. integer labels or indices, held at their values), and those entries."""
+    nums = float_argnums(values)
 
-    def partial_fun(*dyn):
+    def f(*floats):
         full = list(values)
-        for n, a in zip(nums, dyn, strict=True):
+        for n, a in zip(nums, floats, strict=True):
             full[n] = a
         return fun(*full)
+    return f, tuple(values[n] for n in nums)
 
-    out, pullback = vjp(partial_fun, *[values[n] for n in nums])
-    return pullback(_random_cotangent(ct_key, out))
+
+def pull_back(vjp: Callable, fun: Callable, values: Sequence[Any],
+              cotangent: Callable[[Any], Any]) -> tuple:
+    """Cotangents of ``fun``'s floating-point arguments at ``values``.
+
+    ``vjp`` is ``jax.vjp`` or ``funcbp.vjp``; ``cotangent(out)`` gives the output cotangent
+    for the output ``out`` (e.g. a random draw of its shape).
+    """
+    f, floats = of_float_args(fun, values)
+    out, pullback = vjp(f, *floats)
+    return pullback(cotangent(out))
 
 
 def _run_sample(s: Sample, dtype: str, seed: int, key: jax.Array,
@@ -564,7 +579,8 @@ def _run_sample(s: Sample, dtype: str, seed: int, key: jax.Array,
         outcome = []
         for vjp in (jax.vjp, funcbp_vjp):
             try:
-                jax.block_until_ready(_pull_back(vjp, s.fun, values, key))
+                jax.block_until_ready(pull_back(vjp, s.fun, values,
+                                                partial(_random_cotangent, key)))
                 outcome.append(None)
             except Exception as e:
                 outcome.append(type(e).__name__)
@@ -575,16 +591,16 @@ def _run_sample(s: Sample, dtype: str, seed: int, key: jax.Array,
             return np.inf, np.inf, f"{s.label} ({dtype}): jax.vjp no longer raises here"
         return 0.0, 0.0, ""
     if s.reference == "fd":
-        nums = _float_argnums(values)
-        report = check_grads(s.fun, values, argnums=nums, methods=("fd",), seed=seed)
+        report = check_grads(s.fun, values, argnums=float_argnums(values), methods=("fd",),
+                             seed=seed)
         worst = max(report.leaves, key=lambda leaf: leaf.vs_fd.max_rel_err)
         c = worst.vs_fd
         return c.max_abs_err, c.max_rel_err, "" if c.passed else (
             f"{s.label} ({dtype}): vs finite differences at {worst.path}{c.worst}: funcbp "
             f"{c.ours:.6g}, fd {c.ref:.6g}")
-    ct_key = jax.random.fold_in(key, 1)
-    ours = jax.tree.leaves(_pull_back(funcbp_vjp, s.fun, values, ct_key))
-    refs = jax.tree.leaves(_pull_back(jax.vjp, s.fun, values, ct_key))
+    cotangent = partial(_random_cotangent, jax.random.fold_in(key, 1))
+    ours = jax.tree.leaves(pull_back(funcbp_vjp, s.fun, values, cotangent))
+    refs = jax.tree.leaves(pull_back(jax.vjp, s.fun, values, cotangent))
     rtol, atol = default_tolerances(precision, "jax")
     rtol, atol = rtol * s.tol, atol * s.tol
     np_refs = [np.asarray(r, np.float64) for r in refs if r.dtype != jax.dtypes.float0]

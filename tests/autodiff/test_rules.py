@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import jax.test_util
@@ -11,13 +13,10 @@ from jax.extend import core
 
 import funcbp
 from funcbp.autodiff.trace import all_jaxprs
+from funcbp.check.rules import of_float_args, pull_back
 from tests.autodiff.cases import all_cases
 
 CASES = all_cases()
-
-
-def _float_argnums(values):
-    return tuple(i for i, a in enumerate(values) if jnp.issubdtype(jnp.result_type(a), jnp.inexact))
 
 
 def _random_like(seed, tree):
@@ -28,20 +27,6 @@ def _random_like(seed, tree):
         [rng.standard_normal(jnp.shape(x)).astype(jnp.result_type(x))
          if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
          else np.zeros(jnp.shape(x), jax.dtypes.float0) for x in leaves])
-
-
-def pull_back(vjp, fun, values, ct_seed):
-    """Cotangents of fun's float arguments for a random output cotangent."""
-    nums = _float_argnums(values)
-
-    def partial_fun(*dyn):
-        full = list(values)
-        for n, a in zip(nums, dyn, strict=True):
-            full[n] = a
-        return fun(*full)
-
-    out, pullback = vjp(partial_fun, *[values[n] for n in nums])
-    return pullback(_random_like(ct_seed, out))
 
 
 def _sample(case, seed, dtype):
@@ -62,8 +47,9 @@ def test_rule_matches_jax_vjp(case, dtype, wrap):
     seed = abs(hash((case.name, dtype))) % 2**31  # fresh inputs per case, reproducible per run
     with jax.enable_x64(dtype == "float64"):
         values = _sample(case, seed, dtype)
-        ours = lambda *v: pull_back(funcbp.vjp, case.fun, v, seed + 1)  # noqa: E731
-        ref = lambda *v: pull_back(jax.vjp, case.fun, v, seed + 1)  # noqa: E731
+        cotangent = partial(_random_like, seed + 1)
+        ours = lambda *v: pull_back(funcbp.vjp, case.fun, v, cotangent)  # noqa: E731
+        ref = lambda *v: pull_back(jax.vjp, case.fun, v, cotangent)  # noqa: E731
         if wrap == "jit":  # one compilation computes both
             ours, ref = jax.jit(lambda *v: (ours(*v), ref(*v)))(*values)
         else:
@@ -97,15 +83,7 @@ FD_CASES = _fd_cases(CASES)
 def test_rule_matches_finite_differences(case):
     with jax.enable_x64(True):
         values = _sample(case, 7, "float64")
-        nums = _float_argnums(values)
-
-        def f(*dyn):
-            full = list(values)
-            for n, a in zip(nums, dyn, strict=True):
-                full[n] = a
-            return case.fun(*full)
-
-        dyn = tuple(values[n] for n in nums)
+        f, dyn = of_float_args(case.fun, values)
         f_jit = jax.jit(f)
         pull = jax.jit(lambda a, ct: funcbp.vjp(f, *a)[1](ct))
 
