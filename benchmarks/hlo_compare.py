@@ -19,7 +19,7 @@ import collections
 import hashlib
 import re
 
-__all__ = ["digest", "instruction_counts", "structurally_identical"]
+__all__ = ["digest", "instruction_counts", "opcode", "parse", "structurally_identical"]
 
 _COMP_HEADER = re.compile(r"^(ENTRY\s+)?(%[\w.\-]+)\s.*\{\s*$")
 _INSTR = re.compile(r"^\s*(ROOT\s+)?(%[\w.\-]+)\s*=\s*(.*)$")
@@ -29,8 +29,12 @@ _DROP = [re.compile(r",\s*metadata=\{[^{}]*\}"), re.compile(r",\s*origin=\{[^{}]
          re.compile(r"stack_frame_id=\d+"), re.compile(r",\s*frontend_attributes=\{[^{}]*\}")]
 
 
-def _parse(text: str) -> tuple[dict, str]:
-    """``({computation: (root, {instr: body})}, entry_name)`` from HLO module text."""
+def parse(text: str, *, keep_metadata: bool = False) -> tuple[dict, str]:
+    """``({computation: (root, {instr: body})}, entry_name)`` from HLO module text.
+
+    ``body`` is the text after ``name =`` (shape, opcode, operands, attributes); source
+    metadata and other nameless attributes are dropped unless ``keep_metadata``.
+    """
     comps: dict[str, tuple[str, dict[str, str]]] = {}
     entry = None
     current, root, body = None, None, {}
@@ -49,7 +53,7 @@ def _parse(text: str) -> tuple[dict, str]:
         m = _INSTR.match(line)
         if m:
             rest = m.group(3)
-            for pattern in _DROP:
+            for pattern in () if keep_metadata else _DROP:
                 rest = pattern.sub("", rest)
             body[m.group(2)] = rest
             if m.group(1):
@@ -86,7 +90,7 @@ def _hasher(comps: dict):
 
 def digest(hlo_text: str) -> str:
     """A hash of the entry computation's structure (names, order and metadata ignored)."""
-    comps, entry = _parse(hlo_text)
+    comps, entry = parse(hlo_text)
     return _hasher(comps)(entry)
 
 
@@ -97,13 +101,16 @@ def structurally_identical(a: str, b: str) -> bool:
 
 def instruction_counts(hlo_text: str) -> dict[str, int]:
     """Opcode counts of the entry computation (``fusion``, ``dot``, ``copy``...)."""
-    comps, entry = _parse(hlo_text)
-    ops = collections.Counter()
-    for rest in comps[entry][1].values():
-        m = re.match(r"\S+(?:\s*\{[^}]*\})?\s+([\w\-]+)\(", rest)
-        if m:
-            ops[m.group(1)] += 1
+    comps, entry = parse(hlo_text)
+    ops = collections.Counter(opcode(body) for body in comps[entry][1].values())
+    ops.pop(None, None)
     return dict(sorted(ops.items()))
+
+
+def opcode(body: str) -> str | None:
+    """The opcode of an instruction body from :func:`parse` (``fusion``, ``dot``, ...)."""
+    m = re.match(r"\S+(?:\s*\{[^}]*\})?\s+([\w\-]+)\(", body)
+    return m.group(1) if m else None
 
 
 def compare_case(case) -> dict:

@@ -22,29 +22,26 @@ import json
 import re
 import tempfile
 
+from benchmarks import hlo_compare
+
 __all__ = ["profile"]
 
 
 def _describe(hlo_text: str) -> dict[str, dict]:
     """Entry instruction name -> {"op", "shape", "source"} from optimised HLO text."""
-    computations: dict[str, str] = {}
-    for m in re.finditer(r"^(?:ENTRY\s+)?(%[\w.\-]+) .*?\{\n(.*?)\n\}", hlo_text, re.S | re.M):
-        computations[m.group(1)] = m.group(2)
-    entry = hlo_text[hlo_text.index("\nENTRY"):]
+    comps, entry = hlo_compare.parse(hlo_text, keep_metadata=True)
     out = {}
-    for line in entry.splitlines():
-        m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (\S+) ([\w\-]+)\(", line)
-        if not m:
+    for name, body in comps[entry][1].items():
+        op = hlo_compare.opcode(body)
+        if op is None:
             continue
-        name, shape, op = m.groups()
-        called = re.search(r"calls=(%[\w.\-]+)", line)
-        if op == "fusion" and called and called.group(1) in computations:
-            root = re.search(r"ROOT %\S+ = \S+ ([\w\-]+)\(", computations[called.group(1)])
-            if root:
-                op = f"fusion[{root.group(1)}]"
-        src = re.search(r'op_name="([^"]*)"', line)
-        out[name] = {"op": op, "shape": shape,
-                     "source": src.group(1).rsplit("/", 1)[-1] if src else ""}
+        called = re.search(r"calls=(%[\w.\-]+)", body)
+        if op == "fusion" and called and called.group(1) in comps:
+            root, called_body = comps[called.group(1)]
+            op = f"fusion[{hlo_compare.opcode(called_body[root])}]"
+        src = re.search(r'op_name="([^"]*)"', body)
+        out[name.lstrip("%")] = {"op": op, "shape": body.split(" ", 1)[0],
+                                 "source": src.group(1).rsplit("/", 1)[-1] if src else ""}
     return out
 
 
