@@ -70,7 +70,8 @@ def ratio_stats(ours: list[float], ref: list[float]) -> dict:
 def compile_time(fn: Callable, args: tuple, **jit_kwargs) -> dict:
     """Seconds to trace+lower and to compile ``jax.jit(fn, **jit_kwargs)`` from a clean cache.
 
-    Also returns the compiled executable's ``memory`` (see :func:`memory_stats`; not timed).
+    Also returns the compiled executable's ``memory`` (see :func:`memory_stats`) and its
+    optimised ``hlo`` text (neither is timed).
     """
     jax.clear_caches()
     t0 = time.perf_counter()
@@ -79,7 +80,7 @@ def compile_time(fn: Callable, args: tuple, **jit_kwargs) -> dict:
     compiled = lowered.compile()
     t2 = time.perf_counter()
     return {"trace_s": t1 - t0, "compile_s": t2 - t1, "total_s": t2 - t0,
-            "memory": memory_stats(compiled)}
+            "memory": memory_stats(compiled), "hlo": compiled.as_text()}
 
 
 def compile_times(fns: dict[str, Callable], args: tuple, *, reps: int, **jit_kwargs) -> dict:
@@ -88,8 +89,9 @@ def compile_times(fns: dict[str, Callable], args: tuple, *, reps: int, **jit_kwa
     for _ in range(reps):
         for name, fn in fns.items():
             samples[name].append(compile_time(fn, args, **jit_kwargs))
-    return {name: {**{k: statistics.median(s[k] for s in ss) for k in ss[0] if k != "memory"},
-                   "memory": ss[-1]["memory"]}
+    untimed = ("memory", "hlo")
+    return {name: {**{k: statistics.median(s[k] for s in ss) for k in ss[0] if k not in untimed},
+                   **{k: ss[-1][k] for k in untimed}}
             for name, ss in samples.items()}
 
 

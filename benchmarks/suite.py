@@ -117,10 +117,11 @@ def measure_jax(case: Case, *, reps: int = 50, eager_reps: int = 5, compile_reps
     donate = {"donate_argnums": (0, 1)}
     if "flops" in parts or "eager" in parts:
         out["flops"] = flops_mod.count(loss, params, x, y)._asdict()
-    m = {}
-    if "compile" in parts:
+    m, texts = {}, {}
+    if "compile" in parts:   # its compilations also give the memory and HLO parts their data
         c = measure.compile_times(steps, step_args, reps=compile_reps, **donate)
         m = {k: c[k].pop("memory") for k in c}
+        texts = {k: c[k].pop("hlo") for k in c}
         out["compile"] = {**c, **({"ratio": c["funcbp"]["total_s"] / c["jax"]["total_s"]}
                                   if "funcbp" in c else {})}
     if "memory" in parts:
@@ -131,8 +132,8 @@ def measure_jax(case: Case, *, reps: int = 50, eager_reps: int = 5, compile_reps
         out["memory"] = m
     if "hlo" in parts and "funcbp" in steps:
         from benchmarks import hlo_compare
-        texts = {k: jax.jit(s, **donate).lower(*step_args).compile().as_text()
-                 for k, s in steps.items()}
+        texts = texts or {k: jax.jit(s, **donate).lower(*step_args).compile().as_text()
+                          for k, s in steps.items()}
         out["hlo"] = {"identical": hlo_compare.structurally_identical(texts["funcbp"],
                                                                       texts["jax"]),
                       **{k: hlo_compare.instruction_counts(t) for k, t in texts.items()}}
