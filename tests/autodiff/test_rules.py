@@ -48,14 +48,14 @@ def test_rule_matches_jax_vjp(case, dtype, wrap):
     with jax.enable_x64(dtype == "float64"):
         values = _sample(case, seed, dtype)
         cotangent = partial(_random_like, seed + 1)
-        ours = lambda *v: pull_back(funcbp.vjp, case.fun, v, cotangent)  # noqa: E731
-        ref = lambda *v: pull_back(jax.vjp, case.fun, v, cotangent)  # noqa: E731
+        ours_of = lambda *v: pull_back(funcbp.vjp, case.fun, v, cotangent)  # noqa: E731
+        ref_of = lambda *v: pull_back(jax.vjp, case.fun, v, cotangent)  # noqa: E731
         if wrap == "jit":  # one compilation computes both
-            ours, ref = jax.jit(lambda *v: (ours(*v), ref(*v)))(*values)
+            ours, ref = jax.jit(lambda *v: (ours_of(*v), ref_of(*v)))(*values)
         else:
             # funcbp runs eagerly, equation by equation; the reference is compiled once, since
             # jax's own backward run eagerly costs a compilation per operation
-            ours, ref = ours(*values), jax.jit(ref)(*values)
+            ours, ref = ours_of(*values), jax.jit(ref_of)(*values)
         rtol, atol = (case.rtol, case.atol) if dtype == "float32" else (case.x64_rtol, 1e-12)
         for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref), strict=True):
             assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
