@@ -439,10 +439,23 @@ _TABLE: list[Sample] | None = None
 
 
 def samples() -> list[Sample]:
-    """The sample table, built on first use (importing funcbp.check stays cheap)."""
+    """The sample table, built on first use (importing funcbp.check stays cheap).
+
+    The core families are listed in :func:`_edge_table`; every module of the
+    :mod:`funcbp.check.tables` package adds its family's records through its own
+    ``samples()`` function (one module per rule family, so families grow independently).
+    """
     global _TABLE
     if _TABLE is None:
-        _TABLE = _edge_table()
+        import importlib
+        import pkgutil
+
+        from funcbp.check import tables
+
+        table = _edge_table()
+        for info in sorted(pkgutil.iter_modules(tables.__path__), key=lambda m: m.name):
+            table += importlib.import_module(f"{tables.__name__}.{info.name}").samples()
+        _TABLE = table
     return _TABLE
 
 

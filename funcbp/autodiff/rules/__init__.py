@@ -106,32 +106,41 @@ def forward_rule(primitive: Primitive) -> Callable[[ForwardRule], ForwardRule]:
     return register
 
 
-_MODULE_FOR_FAMILY = {
-    "elementwise": "funcbp/autodiff/rules/elementwise.py",
-    "linalg": "funcbp/autodiff/rules/linalg.py",
-    "structural": "funcbp/autodiff/rules/structural.py",
-    "reductions": "funcbp/autodiff/rules/reductions.py",
-    "conv": "funcbp/autodiff/rules/conv.py",
-    "calls": "funcbp/autodiff/rules/calls.py",
-    "control": "funcbp/autodiff/rules/control.py",
+_RULES_DIR = "funcbp/autodiff/rules"
+
+#: rule family -> the primitives (or name prefixes, ending in "*") whose rules live there.
+_FAMILIES: dict[str, tuple[str, ...]] = {
+    "elementwise": ("reduce_precision",),
+    "conv": ("reduce_window*", "conv*", "select_and*"),
+    "reductions": ("reduce_*", "cum*", "arg*", "sort", "top_k", "approx_top_k"),
+    "control": ("scan", "cond", "while"),
+    "decompositions": ("lu", "lu_pivots_to_permutation", "triangular_solve", "cholesky*", "qr",
+                       "householder_product", "svd", "eig", "eigh", "schur", "hessenberg",
+                       "tridiagonal*", "custom_linear_solve"),
+    "linalg": ("dot*", "ragged_dot*"),
+    "fft": ("fft",),
+    "special": ("digamma", "polygamma", "igamma*", "igammac", "random_gamma_grad", "lgamma",
+                "regularized_incomplete_beta", "bessel*", "zeta", "erf_inv"),
+    "indexing": ("gather", "scatter*"),
+    "collectives": ("psum*", "pmax", "pmin", "pmean", "all_gather*", "ppermute", "all_to_all",
+                    "axis_index", "pvary", "pbroadcast", "reduce_scatter", "shard_map"),
+    "state": ("get", "swap", "addupdate", "run_state"),
+    "structural": ("broadcast_in_dim", "reshape", "squeeze", "transpose", "rev", "slice", "pad",
+                   "concatenate", "dynamic_slice", "dynamic_update_slice", "split", "stack",
+                   "unstack", "tile", "expand_dims"),
+    "calls": ("jit", "pjit", "closed_call", "core_call", "custom_*", "remat*", "checkpoint",
+              "name", "linear_call", "call_hi_primitive", "device_put", "optimization_barrier",
+              "pure_callback", "io_callback"),
 }
 
 
 def _suggest_module(name: str) -> str:
-    if name.startswith(("reduce_window", "conv", "select_and")):
-        return _MODULE_FOR_FAMILY["conv"]
-    if name.startswith(("reduce_", "cum", "arg", "sort", "top_k")):
-        return _MODULE_FOR_FAMILY["reductions"]
-    if name in ("scan", "cond", "while"):
-        return _MODULE_FOR_FAMILY["control"]
-    if name.startswith(("dot", "triangular", "cholesky")):
-        return _MODULE_FOR_FAMILY["linalg"]
-    if name.startswith(("gather", "scatter")):
-        return "funcbp/autodiff/rules/indexing.py"
-    if name in ("broadcast_in_dim", "reshape", "squeeze", "transpose", "rev", "slice", "pad",
-                "concatenate", "dynamic_slice", "dynamic_update_slice", "split"):
-        return _MODULE_FOR_FAMILY["structural"]
-    return _MODULE_FOR_FAMILY["elementwise"]
+    """The rule module a primitive's rule belongs in (for the missing-rule message)."""
+    for family, patterns in _FAMILIES.items():
+        for pattern in patterns:
+            if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])):
+                return f"{_RULES_DIR}/{family}.py"
+    return f"{_RULES_DIR}/elementwise.py"
 
 
 def rule_for(primitive: Primitive, where: str | None = None) -> VjpRule:
@@ -148,14 +157,13 @@ def rule_for(primitive: Primitive, where: str | None = None) -> VjpRule:
             f"see funcbp/autodiff/README.md, 'Adding a rule'.") from None
 
 
-# Import the rule families so that they register themselves.
-from funcbp.autodiff.rules import (  # noqa: E402,F401
-    calls,
-    control,
-    conv,
-    elementwise,
-    indexing,
-    linalg,
-    reductions,
-    structural,
-)
+def _import_families() -> None:
+    """Imports every module of this package: each rule family registers itself on import."""
+    import importlib
+    import pkgutil
+
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_import_families()
