@@ -20,7 +20,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core
 
-from funcbp.autodiff.rules import FORWARD_RULES, VJP_RULES, rule_for
+from funcbp.autodiff.rules import FORWARD_RULES, VJP_RULES, check_complex, rule_for
 
 __all__ = ["Record", "backward", "forward", "is_differentiable", "where"]
 
@@ -90,8 +90,11 @@ def forward(jaxpr: core.Jaxpr, consts: list[Any], args: list[Any],
             env[v] = x
         if any(needs):
             float_outs = [v for v in eqn.outvars if is_differentiable(v.aval)]
-            if float_outs and eqn.primitive not in VJP_RULES:
-                rule_for(eqn.primitive, where(eqn))  # raises UnsupportedPrimitiveError
+            if float_outs:
+                if eqn.primitive not in VJP_RULES:
+                    rule_for(eqn.primitive, where(eqn))  # raises UnsupportedPrimitiveError
+                check_complex(eqn.primitive, [v.aval for v in (*eqn.invars, *eqn.outvars)],
+                              where(eqn))
             active.update(float_outs)
     return [_read(env, v) for v in jaxpr.outvars], record
 

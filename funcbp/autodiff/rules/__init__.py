@@ -28,6 +28,7 @@ from typing import Any
 from jax.extend.core import Primitive
 
 __all__ = [
+    "COMPLEX_RULES",
     "FORWARD_RULES",
     "VJP_RULES",
     "UnsupportedPrimitiveError",
@@ -46,6 +47,10 @@ VJP_RULES: dict[Primitive, VjpRule] = {}
 FORWARD_RULES: dict[Primitive, ForwardRule] = {}
 #: primitive -> the module that holds its rule (for error messages and reports).
 RULE_MODULES: dict[Primitive, str] = {}
+#: primitives whose rule is written for complex values too (jax's convention: the cotangent
+#: map is the transpose of the real-linear JVP, see docs/autodiff.md). The walk refuses a
+#: complex value reaching any other rule instead of returning a wrong number.
+COMPLEX_RULES: set[Primitive] = set()
 
 
 class UnsupportedPrimitiveError(NotImplementedError):
@@ -53,7 +58,7 @@ class UnsupportedPrimitiveError(NotImplementedError):
 
 
 def register_vjp_rule(primitive: Primitive, rule: VjpRule, *, forward: ForwardRule | None = None,
-                      override: bool = False) -> VjpRule:
+                      override: bool = False, handles_complex: bool = False) -> VjpRule:
     """Registers ``rule`` as the VJP rule of ``primitive`` (and optionally its forward rule).
 
     Args:
@@ -64,6 +69,8 @@ def register_vjp_rule(primitive: Primitive, rule: VjpRule, *, forward: ForwardRu
         given, ``rule`` also receives ``res=residuals``.
       override: replace an existing rule (otherwise registering twice is an error, so two
         modules cannot silently fight over a primitive).
+      handles_complex: the rule is correct for complex inputs and outputs too; without it a
+        complex value reaching this primitive is refused with an error naming it.
 
     Returns:
       ``rule``, so this can be used as a decorator through :func:`vjp_rule`.
@@ -80,11 +87,16 @@ def register_vjp_rule(primitive: Primitive, rule: VjpRule, *, forward: ForwardRu
         FORWARD_RULES[primitive] = forward
     elif override:
         FORWARD_RULES.pop(primitive, None)
+    if handles_complex:
+        COMPLEX_RULES.add(primitive)
+    else:
+        COMPLEX_RULES.discard(primitive)
     return rule
 
 
 def vjp_rule(primitive: Primitive, *, forward: ForwardRule | None = None,
-             override: bool = False) -> Callable[[VjpRule], VjpRule]:
+             override: bool = False, handles_complex: bool = False
+             ) -> Callable[[VjpRule], VjpRule]:
     """Decorator form of :func:`register_vjp_rule`.
 
     Example::
@@ -94,7 +106,8 @@ def vjp_rule(primitive: Primitive, *, forward: ForwardRule | None = None,
             return (ct * (1 - out * out),)
     """
     def register(rule: VjpRule) -> VjpRule:
-        return register_vjp_rule(primitive, rule, forward=forward, override=override)
+        return register_vjp_rule(primitive, rule, forward=forward, override=override,
+                                 handles_complex=handles_complex)
     return register
 
 
@@ -111,7 +124,7 @@ _RULES_DIR = "funcbp/autodiff/rules"
 #: rule family -> the primitives (or name prefixes, ending in "*") whose rules live there.
 _FAMILIES: dict[str, tuple[str, ...]] = {
     "elementwise": ("reduce_precision",),
-    "conv": ("reduce_window*", "conv*", "select_and*"),
+    "conv": ("reduce_window*", "conv_general_dilated", "select_and*"),
     "reductions": ("reduce_*", "cum*", "arg*", "sort", "top_k", "approx_top_k"),
     "control": ("scan", "cond", "while"),
     "decompositions": ("lu", "lu_pivots_to_permutation", "triangular_solve", "cholesky*", "qr",
@@ -141,6 +154,21 @@ def _suggest_module(name: str) -> str:
             if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])):
                 return f"{_RULES_DIR}/{family}.py"
     return f"{_RULES_DIR}/elementwise.py"
+
+
+def check_complex(primitive: Primitive, avals: Any, where: str | None = None) -> None:
+    """Refuses a complex value at a primitive whose rule is written for real values only."""
+    if primitive in COMPLEX_RULES:
+        return
+    for aval in avals:
+        dtype = getattr(aval, "dtype", None)
+        if dtype is not None and dtype.kind == "c":
+            loc = f" ({where})" if where else ""
+            raise UnsupportedPrimitiveError(
+                f"the VJP rule for '{primitive.name}' does not handle complex numbers{loc}: a "
+                f"{dtype.name} value reaches it. Make the rule complex-aware in "
+                f"{_suggest_module(primitive.name)} and register it with "
+                "handles_complex=True, or keep this part of the computation real.")
 
 
 def rule_for(primitive: Primitive, where: str | None = None) -> VjpRule:
