@@ -16,15 +16,19 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.typing import ArrayLike
 
 Reduction = Literal["mean", "sum", "none"]
 
 __all__ = [
+    "LabelRangeError",
     "Reduction",
     "accuracy",
     "binary_cross_entropy",
+    "check_labels",
+    "count_bad_labels",
     "default_weight_mask",
     "hinge",
     "l1_penalty",
@@ -36,6 +40,60 @@ __all__ = [
     "softmax_cross_entropy_with_integer_labels",
     "top_k_accuracy",
 ]
+
+
+class LabelRangeError(ValueError):
+    """Integer class labels outside ``[0, classes)``; the message gives the count and range."""
+
+
+def count_bad_labels(labels: ArrayLike, num_classes: int) -> jax.Array:
+    """The number of integer labels outside ``[0, num_classes)``, as an int32 array.
+
+    Works under ``jax.jit`` (the trainer returns it in the step's metrics and stops on a
+    non-zero count); 0 for float (one-hot, soft or regression) labels.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from funcbp import losses
+      >>> int(losses.count_bad_labels(jnp.array([0, 9, 10, -1]), 10))
+      2
+    """
+    y = jnp.asarray(labels)
+    if not jnp.issubdtype(y.dtype, jnp.integer):
+        return jnp.zeros((), jnp.int32)
+    return jnp.sum((y < 0) | (y >= num_classes), dtype=jnp.int32)
+
+
+def _range_message(bad: int, total: int, num_classes: int, low: int, high: int) -> str:
+    return (f"{bad} of {total} labels are outside [0, {num_classes}) (smallest {low}, largest "
+            f"{high}); the model has {num_classes} classes, so labels must be 0..{num_classes - 1}"
+            f" (1-based labels? subtract 1)")
+
+
+def check_labels(labels: ArrayLike, num_classes: int, name: str = "labels") -> None:
+    """Raise :class:`LabelRangeError` if a concrete integer label is outside ``[0, classes)``.
+
+    Does nothing for traced labels (inside ``jax.jit``: see :func:`count_bad_labels`) and for
+    float labels.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from funcbp import losses
+      >>> losses.check_labels(jnp.array([1, 10]), 10)
+      Traceback (most recent call last):
+      ...
+      funcbp.losses.LabelRangeError: labels: 1 of 2 labels are outside [0, 10) (smallest 1, \
+largest 10); the model has 10 classes, so labels must be 0..9 (1-based labels? subtract 1)
+    """
+    if isinstance(labels, jax.core.Tracer):
+        return
+    y = np.asarray(labels)
+    if not np.issubdtype(y.dtype, np.integer) or y.size == 0:
+        return
+    bad = int(np.sum((y < 0) | (y >= num_classes)))
+    if bad:
+        raise LabelRangeError(f"{name}: " + _range_message(bad, y.size, num_classes,
+                                                            int(y.min()), int(y.max())))
 
 
 def _reduce(per_example: jax.Array, reduction: Reduction) -> jax.Array:
@@ -157,12 +215,18 @@ def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLi
                                               reduction: Reduction = "mean") -> jax.Array:
     """Cross-entropy with integer class labels, ``logsumexp(x) - x[label]``.
 
-    Labels outside ``[0, classes)`` cannot be checked at trace time; they give a loss of 0.
+    Labels outside ``[0, classes)`` are refused: eagerly with :class:`LabelRangeError` naming
+    their count and the range; under ``jax.jit``, where they cannot be seen, those examples'
+    losses are NaN (optax gives NaN for ``label >= classes`` and a number for ``-1``), so
+    the trainer's NaN guard and :func:`count_bad_labels` catch them.
 
     Args:
       logits: ``(batch, ..., classes)``.
       labels: integers of shape ``logits.shape[:-1]``.
       reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+
+    Raises:
+      LabelRangeError: a label is outside ``[0, classes)`` (concrete labels only).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -172,16 +236,23 @@ def softmax_cross_entropy_with_integer_labels(logits: ArrayLike, labels: ArrayLi
       >>> round(float(l), 4)
       0.1698
     """
-    x, y = jnp.asarray(logits), jnp.asarray(labels)
-    if not jnp.issubdtype(y.dtype, jnp.integer):
+    x, y = jnp.asarray(logits), labels
+    if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
         raise TypeError(f"softmax_cross_entropy_with_integer_labels: labels must be integers, "
-                        f"got dtype {y.dtype}; for one-hot or soft labels use "
+                        f"got dtype {jnp.result_type(y)}; for one-hot or soft labels use "
                         f"softmax_cross_entropy")
-    if y.shape != x.shape[:-1]:
+    if jnp.shape(y) != x.shape[:-1]:
         raise ValueError(f"softmax_cross_entropy_with_integer_labels: labels have shape "
-                         f"{y.shape} but logits {x.shape} need labels of shape {x.shape[:-1]}")
-    one_hot = jax.nn.one_hot(y, x.shape[-1], dtype=x.dtype)
-    return _reduce(-jnp.sum(one_hot * _log_softmax(x), axis=-1), reduction)
+                         f"{jnp.shape(y)} but logits {x.shape} need labels of shape "
+                         f"{x.shape[:-1]}")
+    classes = x.shape[-1]
+    check_labels(y, classes, "softmax_cross_entropy_with_integer_labels")
+    y = jnp.asarray(y)
+    one_hot = jax.nn.one_hot(y, classes, dtype=x.dtype)
+    per_example = -jnp.sum(one_hot * _log_softmax(x), axis=-1)
+    # Traced labels cannot raise: make an out-of-range example's loss NaN, never a silent 0.
+    valid = (y >= 0) & (y < classes)
+    return _reduce(jnp.where(valid, per_example, jnp.nan), reduction)
 
 
 def smooth_labels(labels: ArrayLike, alpha: float) -> jax.Array:
@@ -290,13 +361,22 @@ def l2_penalty(params: Any, mask: Mask | None = None) -> jax.Array:
 # ----------------------------------------------------------------------------------- metrics
 
 
-def _integer_labels(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    if labels.shape == logits.shape:  # one-hot or soft labels
-        return jnp.argmax(labels, axis=-1)
-    if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels have shape {labels.shape}; logits {logits.shape} need "
-                         f"integer labels {logits.shape[:-1]} or one-hot labels {logits.shape}")
-    return labels
+def _integer_labels(name: str, logits: jax.Array, labels: Any) -> jax.Array:
+    if jnp.shape(labels) == logits.shape:  # one-hot or soft labels
+        return jnp.argmax(jnp.asarray(labels), axis=-1)
+    if jnp.shape(labels) != logits.shape[:-1]:
+        raise ValueError(f"{name}: labels have shape {jnp.shape(labels)}; logits {logits.shape} "
+                         f"need integer labels {logits.shape[:-1]} or one-hot labels "
+                         f"{logits.shape}")
+    check_labels(labels, logits.shape[-1], name)
+    return jnp.asarray(labels)
+
+
+def _nan_if_bad(value: jax.Array, labels: jax.Array, classes: int) -> jax.Array:
+    # Under jit an out-of-range label cannot raise; a NaN metric cannot pass for a real one.
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        return value
+    return jnp.where(jnp.all((labels >= 0) & (labels < classes)), value, jnp.nan)
 
 
 def accuracy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
@@ -306,6 +386,10 @@ def accuracy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
       logits: ``(batch, ..., classes)``.
       labels: integer labels ``logits.shape[:-1]``, or one-hot labels like ``logits``.
 
+    Raises:
+      LabelRangeError: an integer label is outside ``[0, classes)`` (concrete labels; under
+        ``jax.jit`` the result is NaN instead).
+
     Examples:
       >>> import jax.numpy as jnp
       >>> from funcbp import losses
@@ -313,15 +397,16 @@ def accuracy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
       0.5
     """
     x = jnp.asarray(logits)
-    y = _integer_labels(x, jnp.asarray(labels))
-    return jnp.mean(jnp.argmax(x, axis=-1) == y)
+    y = _integer_labels("accuracy", x, labels)
+    return _nan_if_bad(jnp.mean(jnp.argmax(x, axis=-1) == y), y, x.shape[-1])
 
 
 def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, k: int) -> jax.Array:
     """Fraction of examples whose label is among the ``k`` largest logits.
 
     An example counts when fewer than ``k`` logits are strictly larger than the label's
-    (so ties go in the label's favour).
+    (so ties go in the label's favour). Out-of-range labels are refused as in
+    :func:`accuracy`.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -333,7 +418,7 @@ def top_k_accuracy(logits: ArrayLike, labels: ArrayLike, k: int) -> jax.Array:
     x = jnp.asarray(logits)
     if not 1 <= k <= x.shape[-1]:
         raise ValueError(f"k must be in [1, {x.shape[-1]}] for {x.shape[-1]} classes, got {k}")
-    y = _integer_labels(x, jnp.asarray(labels))
-    label_logit = jnp.take_along_axis(x, y[..., None], axis=-1)
+    y = _integer_labels("top_k_accuracy", x, labels)
+    label_logit = jnp.take_along_axis(x, jnp.clip(y, 0, x.shape[-1] - 1)[..., None], axis=-1)
     rank = jnp.sum(x > label_logit, axis=-1)
-    return jnp.mean(rank < k)
+    return _nan_if_bad(jnp.mean(rank < k), y, x.shape[-1])

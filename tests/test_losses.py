@@ -229,3 +229,42 @@ def test_loss_grad_matches_jax(name, variant):
         tol = dict(rtol=1e-5, atol=1e-6) if dtype == "float32" else dict(rtol=1e-10,
                                                                          atol=1e-12)
         chex.assert_trees_all_close(ours, ref, **tol)
+
+
+# ------------------------------------------------------- labels outside [0, classes)
+
+LABEL_FNS = {
+    "softmax_ce_int": losses.softmax_cross_entropy_with_integer_labels,
+    "accuracy": losses.accuracy,
+    "top_2_accuracy": lambda x, y: losses.top_k_accuracy(x, y, 2),
+}
+
+
+@pytest.mark.parametrize("bad", [C, -1, 7], ids=["classes", "minus_one", "far"])
+@pytest.mark.parametrize("name", list(LABEL_FNS))
+def test_out_of_range_labels_are_refused_eagerly_and_nan_under_jit(name, bad):
+    fn = LABEL_FNS[name]
+    logits, labels = _normal((B, C)), _int_labels().at[2].set(bad).at[4].set(bad)
+    with pytest.raises(losses.LabelRangeError,
+                       match=rf"2 of {B} labels are outside \[0, {C}\).*labels must be 0..4"):
+        fn(logits, labels)
+    # Under jit the labels cannot be seen: NaN, which no finite check lets through (optax
+    # gives NaN only for labels >= classes, a number for -1; funcbp never gives a number).
+    assert np.isnan(jax.jit(fn)(logits, labels))
+    assert int(jax.jit(losses.count_bad_labels, static_argnums=1)(labels, C)) == 2
+    # The valid examples keep their values, and their gradients stay finite.
+    if name == "softmax_ce_int":
+        per = jax.jit(lambda x, y: fn(x, y, reduction="none"))(logits, labels)
+        ref = optax.softmax_cross_entropy_with_integer_labels(logits, _int_labels())
+        keep = np.arange(B) % 2 == 1
+        np.testing.assert_allclose(np.asarray(per)[keep], np.asarray(ref)[keep], rtol=1e-6)
+        g = jax.jit(funcbp.grad(lambda x, y: jnp.sum(jnp.where(jnp.isnan(
+            fn(x, y, reduction="none")), 0.0, fn(x, y, reduction="none")))))(logits, labels)
+        assert np.isfinite(np.asarray(g)).all()
+
+
+def test_label_checks_leave_float_labels_alone():
+    assert int(losses.count_bad_labels(jnp.array([0.5, 12.0]), 3)) == 0
+    losses.check_labels(jnp.array([0.5, 12.0]), 3)
+    onehot = jax.nn.one_hot(_int_labels(), C)
+    assert np.isfinite(float(jax.jit(losses.accuracy)(_normal((B, C)), onehot)))

@@ -116,9 +116,12 @@ def _check_argnums(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
     return norm
 
 
-def _check_input_dtypes(args: Any, allow_int: bool) -> None:
+def _check_input_dtypes(args: Any, allow_int: bool, holomorphic: bool = False) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(args):
         dtype = jnp.result_type(leaf)
+        if holomorphic and not jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError("grad with holomorphic=True requires inputs with complex dtype, "
+                            f"but got {jnp.dtype(dtype).name}.")
         if jnp.issubdtype(dtype, jnp.inexact):
             continue
         if allow_int and (jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_):
@@ -130,7 +133,7 @@ def _check_input_dtypes(args: Any, allow_int: bool) -> None:
             "Boolean- or integer-valued inputs, use vjp or set allow_int to True.")
 
 
-def _check_scalar_output(out: Any) -> None:
+def _check_scalar_output(out: Any, holomorphic: bool = False) -> None:
     if not isinstance(out, (jax.Array, np.ndarray, np.generic, float, int)):
         raise TypeError(
             "Gradient only defined for scalar-output functions. Output was "
@@ -139,7 +142,17 @@ def _check_scalar_output(out: Any) -> None:
     if shape != ():
         raise TypeError(
             f"Gradient only defined for scalar-output functions. Output had shape: {shape}.")
-    if not jnp.issubdtype(dtype, jnp.floating):
+    if holomorphic:
+        if not jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError("grad with holomorphic=True requires outputs with complex dtype, "
+                            f"but got {jnp.dtype(dtype).name}.")
+    elif jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(
+            "grad requires real-valued outputs (output dtype that is a sub-dtype of "
+            f"np.floating), but got {jnp.dtype(dtype).name}. For holomorphic differentiation, "
+            "pass holomorphic=True. For differentiation of non-holomorphic functions involving "
+            "complex outputs, use funcbp.vjp directly.")
+    elif not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             "grad requires real-valued outputs (output dtype that is a sub-dtype of "
             f"np.floating), but got {jnp.dtype(dtype).name}. For differentiation of functions "
@@ -156,7 +169,10 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
         differentiated, keyword arguments are passed through.
       argnums: int or sequence of ints.
       has_aux: ``fun`` returns ``(value, aux)``; the result is then ``((value, aux), grads)``.
-      holomorphic: not supported (complex differentiation is out of funcbp's scope).
+      holomorphic: ``fun`` is holomorphic in complex inputs with a complex output; the result
+        is then the complex derivative ``f'(z)`` (the cotangent ``1 + 0j`` pulled back). Without
+        it, complex inputs are allowed but the output must be real, and the gradient follows
+        jax's convention ``df/dx - i df/dy`` (see docs/autodiff.md, "Complex numbers").
       allow_int: allow integer/bool arguments, whose gradients are ``float0`` zeros.
       reduce_axes: accepted for signature compatibility; must be empty.
 
@@ -169,8 +185,6 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
       >>> funcbp.value_and_grad(lambda w: jnp.sum(w ** 2))(jnp.arange(3.0))
       (Array(5., dtype=float32), Array([0., 2., 4.], dtype=float32))
     """
-    if holomorphic:
-        raise NotImplementedError("funcbp does not support holomorphic differentiation")
     if reduce_axes:
         raise NotImplementedError("funcbp does not support reduce_axes (jax deprecated it)")
 
@@ -178,7 +192,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
     def value_and_grad_f(*args, **kwargs):
         nums = _check_argnums(argnums, len(args))
         dyn = tuple(args[n] for n in nums)
-        _check_input_dtypes(dyn, allow_int)
+        _check_input_dtypes(dyn, allow_int, holomorphic)
 
         def partial_fun(*dyn_args):
             full = list(args)
@@ -190,7 +204,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
             value, pullback, aux = vjp(partial_fun, *dyn, has_aux=True)
         else:
             value, pullback = vjp(partial_fun, *dyn)
-        _check_scalar_output(value)
+        _check_scalar_output(value, holomorphic)
         grads = pullback(lax.full((), 1, jnp.result_type(value)))
         grads = grads[0] if isinstance(argnums, int) else grads
         return ((value, aux) if has_aux else value), grads

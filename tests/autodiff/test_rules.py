@@ -23,8 +23,13 @@ def _random_like(seed, tree):
     # numpy draws: a jax.random draw per new shape would cost a compilation per case
     rng = np.random.default_rng(seed)
     leaves, treedef = jax.tree_util.tree_flatten(tree)
+    def draw(shape, dtype):  # complex outputs get complex cotangents (both parts random)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+        return rng.standard_normal(shape).astype(dtype)
+
     return treedef.unflatten(
-        [rng.standard_normal(jnp.shape(x)).astype(jnp.result_type(x))
+        [draw(jnp.shape(x), jnp.result_type(x))
          if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
          else np.zeros(jnp.shape(x), jax.dtypes.float0) for x in leaves])
 

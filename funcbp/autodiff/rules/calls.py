@@ -51,7 +51,7 @@ def jit_vjp(cts, *args, res, **params):
     return tuple(_interp().backward(res, list(cts)))
 
 
-register_vjp_rule(pjit.jit_p, jit_vjp, forward=jit_forward)
+register_vjp_rule(pjit.jit_p, jit_vjp, forward=jit_forward, handles_complex=True)
 
 
 def _zero_tangent(aval):
@@ -105,7 +105,8 @@ def custom_jvp_call_vjp(cts, *args, res, num_consts, **params):
     return (None,) * num_consts + tuple(result)
 
 
-register_vjp_rule(cd.custom_jvp_call_p, custom_jvp_call_vjp, forward=custom_jvp_call_forward)
+register_vjp_rule(cd.custom_jvp_call_p, custom_jvp_call_vjp, forward=custom_jvp_call_forward,
+                  handles_complex=True)
 
 
 # --- custom_vjp -------------------------------------------------------------------------------
@@ -134,7 +135,8 @@ def custom_vjp_call_vjp(cts, *args, out, res, call_jaxpr, **params):
     return tuple(None if _is_zero(ct) else ct for ct in cts_in)
 
 
-register_vjp_rule(cd.custom_vjp_call_p, custom_vjp_call_vjp, forward=custom_vjp_call_forward)
+register_vjp_rule(cd.custom_vjp_call_p, custom_vjp_call_vjp, forward=custom_vjp_call_forward,
+                  handles_complex=True)
 
 
 # --- remat / jax.checkpoint -------------------------------------------------------------------
@@ -159,11 +161,12 @@ def remat_vjp(cts, *args, needs, jaxpr, prevent_cse=True, **params):
     return tuple(interp.backward(record, list(cts)))
 
 
-register_vjp_rule(ad_checkpoint.remat_p, remat_vjp, forward=remat_forward)
+register_vjp_rule(ad_checkpoint.remat_p, remat_vjp, forward=remat_forward, handles_complex=True)
 
 
 @vjp_rule(lax.optimization_barrier_p if hasattr(lax, "optimization_barrier_p")
-          else __import__("jax._src.lax.control_flow", fromlist=["x"]).optimization_barrier_p)
+          else __import__("jax._src.lax.control_flow", fromlist=["x"]).optimization_barrier_p,
+          handles_complex=True)
 def optimization_barrier_vjp(cts, *args, **params):
     """The barrier is the identity on values; the cotangents pass through (behind a barrier)."""
     live = [i for i, ct in enumerate(cts) if ct is not None]
@@ -176,4 +179,4 @@ def optimization_barrier_vjp(cts, *args, **params):
 
 for _prim in (pjit.sharding_constraint_p, getattr(pjit, "reshard_p", None)):
     if _prim is not None:
-        register_vjp_rule(_prim, lambda ct, x, **params: (ct,))
+        register_vjp_rule(_prim, lambda ct, x, **params: (ct,), handles_complex=True)

@@ -248,7 +248,7 @@ def scan_vjp(cts, *args, res, needs, jaxpr, num_consts, num_carry, length, rever
     return (*ct_consts, *ct_carry, *ct_xs_all)
 
 
-register_vjp_rule(lax.scan_p, scan_vjp, forward=scan_forward)
+register_vjp_rule(lax.scan_p, scan_vjp, forward=scan_forward, handles_complex=True)
 
 
 # --- cond / switch ----------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def cond_vjp(cts, index, *ops, needs, branches, **params):
     return (None, *(next(it) if w else None for w in wanted))
 
 
-register_vjp_rule(lax.cond_p, cond_vjp)
+register_vjp_rule(lax.cond_p, cond_vjp, handles_complex=True)
 
 
 # --- while ------------------------------------------------------------------------------------

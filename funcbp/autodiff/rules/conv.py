@@ -153,7 +153,7 @@ def _batch_chunk(batch):
 _CHUNKED_BATCH = 64  # smaller batches run as fast in one piece
 
 
-@vjp_rule(lax.conv_general_dilated_p)
+@vjp_rule(lax.conv_general_dilated_p, handles_complex=True)
 def conv_general_dilated_vjp(ct, lhs, rhs, *, out, window_strides, padding, lhs_dilation,
                              rhs_dilation, dimension_numbers, feature_group_count,
                              batch_group_count, precision, preferred_element_type=None,
@@ -236,7 +236,7 @@ def _interleave_out(ct, ndim):
     return ct.reshape([d for m in ct.shape for d in (m, 1)][:2 * ndim])
 
 
-@vjp_rule(lax.reduce_window_sum_p)
+@vjp_rule(lax.reduce_window_sum_p, handles_complex=True)
 def reduce_window_sum_vjp(ct, x, *, window_dimensions, window_strides, padding, base_dilation,
                           window_dilation, **params):
     """d window_sum(x): every element gets the sum of the cotangents of the windows holding it."""

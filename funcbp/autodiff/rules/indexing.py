@@ -68,7 +68,7 @@ def gather_windows(ct, indices, updates_shape, dnums, *, mode, indices_are_sorte
                       mode=mode, fill_value=0)
 
 
-@vjp_rule(lax.gather_p)
+@vjp_rule(lax.gather_p, handles_complex=True)
 def gather_vjp(ct, x, indices, *, dimension_numbers, indices_are_sorted, unique_indices,
                mode, **params):
     """d x[idx]: scatter-add ct into zeros at the gathered windows (filled windows add nothing)."""
@@ -86,7 +86,7 @@ def _addsub_vjp(ct, x, indices, updates, sign, dnums, mode, indices_are_sorted, 
     return (ct, None, d_updates)
 
 
-@vjp_rule(lax.scatter_add_p)
+@vjp_rule(lax.scatter_add_p, handles_complex=True)
 def scatter_add_vjp(ct, x, indices, updates, *, dimension_numbers, indices_are_sorted,
                     unique_indices, mode, **params):
     """d x.at[idx].add(v): ct for x; for v the window of ct each update was added to."""
@@ -94,7 +94,7 @@ def scatter_add_vjp(ct, x, indices, updates, *, dimension_numbers, indices_are_s
                        indices_are_sorted, unique_indices)
 
 
-@vjp_rule(lax.scatter_sub_p)
+@vjp_rule(lax.scatter_sub_p, handles_complex=True)
 def scatter_sub_vjp(ct, x, indices, updates, *, dimension_numbers, indices_are_sorted,
                     unique_indices, mode, **params):
     """d x.at[idx].subtract(v): ct for x; for v minus the window of ct it was subtracted from."""
@@ -126,7 +126,7 @@ def _winners(x, indices, updates, dnums, mode, indices_are_sorted):
     return lax.eq(written, lax.full_like(written, 0)), lax.eq(ids, read_back)
 
 
-@vjp_rule(lax.scatter_p)
+@vjp_rule(lax.scatter_p, handles_complex=True)
 def scatter_vjp(ct, x, indices, updates, *, dimension_numbers, indices_are_sorted,
                 unique_indices, mode, update_jaxpr=None, **params):
     """d x.at[idx].set(v): ct where x survived; for v, ct at the positions each update won."""
@@ -165,7 +165,7 @@ def scatter_vjp(ct, x, indices, updates, *, dimension_numbers, indices_are_sorte
     return (d_x, None, d_updates)
 
 
-@vjp_rule(lax.scatter_mul_p)
+@vjp_rule(lax.scatter_mul_p, handles_complex=True)
 def scatter_mul_vjp(ct, x, indices, updates, *, dimension_numbers, indices_are_sorted,
                     unique_indices, mode, **params):
     """d x.at[idx].multiply(v): ct scaled by the updates for x; ct * x at each window for v.

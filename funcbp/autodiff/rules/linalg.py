@@ -70,7 +70,7 @@ def _operand_ct(ct, other, *, own_ndim, own_contract, own_batch, other_contract,
     return r
 
 
-@vjp_rule(lax.dot_general_p)
+@vjp_rule(lax.dot_general_p, handles_complex=True)
 def dot_general_vjp(ct, lhs, rhs, *, dimension_numbers, precision=None,
                     preferred_element_type=None, **params):
     """d(lhs . rhs) = ct . rhs^T for lhs and lhs^T . ct for rhs, over dimension_numbers."""

@@ -16,7 +16,7 @@ def _kept(ndim, axes):
     return tuple(d for d in range(ndim) if d not in axes)
 
 
-@vjp_rule(lax.reduce_sum_p)
+@vjp_rule(lax.reduce_sum_p, handles_complex=True)
 def reduce_sum_vjp(ct, x, *, axes, **params):
     """d sum(x) = broadcast of the cotangent over the summed axes."""
     shape = np.shape(x)
@@ -58,7 +58,7 @@ def _exclusive_products(x, axis):
     return lax.cumprod(shifted_right, axis) * lax.cumprod(shifted_left, axis, reverse=True)
 
 
-@vjp_rule(lax.reduce_prod_p)
+@vjp_rule(lax.reduce_prod_p, handles_complex=True)
 def reduce_prod_vjp(ct, x, *, axes, **params):
     """d prod(x) / dx_i = prod_{j != i} x_j: exact with any number of zeros."""
     shape = np.shape(x)
@@ -74,7 +74,7 @@ def reduce_prod_vjp(ct, x, *, axes, **params):
 
 # --- cumulative ops -----------------------------------------------------------------------------
 
-@vjp_rule(lax.cumsum_p)
+@vjp_rule(lax.cumsum_p, handles_complex=True)
 def cumsum_vjp(ct, x, *, axis, reverse, **params):
     """cumsum is linear; its transpose is the cumsum running the other way."""
     return (lax.cumsum(ct, axis, reverse=not reverse),)
@@ -86,7 +86,7 @@ def _interp():
     return interpreter
 
 
-def _register_scan(primitive, combine):
+def _register_scan(primitive, combine, handles_complex=False):
     """cumprod/cummax/cummin/cumlogsumexp, differentiated through a parallel prefix scan.
 
     jax differentiates these through ``lax.associative_scan(combine, ...)``, so its ties
@@ -106,10 +106,10 @@ def _register_scan(primitive, combine):
     scan_vjp.__name__ = scan_vjp.__qualname__ = f"{primitive.name}_vjp"
     scan_vjp.__doc__ = (f"d {primitive.name}: reverse walk of the associative scan of "
                         f"{getattr(combine, '__name__', 'combine')}, as jax differentiates it.")
-    register_vjp_rule(primitive, scan_vjp, forward=forward)
+    register_vjp_rule(primitive, scan_vjp, forward=forward, handles_complex=handles_complex)
 
 
-_register_scan(lax.cumprod_p, lax.mul)
+_register_scan(lax.cumprod_p, lax.mul, handles_complex=True)
 _register_scan(lax.cummax_p, lax.max)
 _register_scan(lax.cummin_p, lax.min)
 _register_scan(lax.cumlogsumexp_p, _logaddexp)

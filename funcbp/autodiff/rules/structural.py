@@ -16,7 +16,7 @@ from funcbp.autodiff.rules import vjp_rule
 __all__: list[str] = []
 
 
-@vjp_rule(lax.broadcast_in_dim_p)
+@vjp_rule(lax.broadcast_in_dim_p, handles_complex=True)
 def broadcast_in_dim_vjp(ct, x, *dyn_shape, shape, broadcast_dimensions, **params):
     """Broadcasting copies values, so its cotangent sums over the copies."""
     x_shape = np.shape(x)
@@ -27,31 +27,31 @@ def broadcast_in_dim_vjp(ct, x, *dyn_shape, shape, broadcast_dimensions, **param
     return (r.reshape(x_shape) if r.shape != x_shape else r, *[None] * len(dyn_shape))
 
 
-@vjp_rule(lax.reshape_p)
+@vjp_rule(lax.reshape_p, handles_complex=True)
 def reshape_vjp(ct, x, *dyn_shape, **params):
     """A reshape's cotangent is reshaped back."""
     return (ct.reshape(np.shape(x)), *[None] * len(dyn_shape))
 
 
-@vjp_rule(lax.squeeze_p)
+@vjp_rule(lax.squeeze_p, handles_complex=True)
 def squeeze_vjp(ct, x, *, dimensions, **params):
     """Squeezing drops size-1 dims; the cotangent gets them back."""
     return (ct.reshape(np.shape(x)),)
 
 
-@vjp_rule(lax.transpose_p)
+@vjp_rule(lax.transpose_p, handles_complex=True)
 def transpose_vjp(ct, x, *, permutation, **params):
     """The cotangent is transposed by the inverse permutation."""
     return (lax.transpose(ct, tuple(np.argsort(permutation))),)
 
 
-@vjp_rule(lax.rev_p)
+@vjp_rule(lax.rev_p, handles_complex=True)
 def rev_vjp(ct, x, *, dimensions, **params):
     """Reversal is its own transpose."""
     return (lax.rev(ct, dimensions),)
 
 
-@vjp_rule(lax.slice_p)
+@vjp_rule(lax.slice_p, handles_complex=True)
 def slice_vjp(ct, x, *, start_indices, limit_indices, strides, **params):
     """A (strided) slice's cotangent is zero-padded back to the input's shape."""
     shape = np.shape(x)
@@ -65,7 +65,7 @@ def slice_vjp(ct, x, *, start_indices, limit_indices, strides, **params):
     return (lax.pad(ct, jnp.zeros((), ct.dtype), config),)
 
 
-@vjp_rule(lax.pad_p)
+@vjp_rule(lax.pad_p, handles_complex=True)
 def pad_vjp(ct, x, padding_value, *, padding_config, **params):
     """pad's cotangent: crop the edges, then take every (interior+1)-th element.
 
@@ -87,7 +87,7 @@ def pad_vjp(ct, x, padding_value, *, padding_config, **params):
     return (d_x, d_value)
 
 
-@vjp_rule(lax.concatenate_p)
+@vjp_rule(lax.concatenate_p, handles_complex=True)
 def concatenate_vjp(ct, *operands, dimension, **params):
     """A concatenation's cotangent is split back into the pieces."""
     cts, start = [], 0
@@ -99,7 +99,7 @@ def concatenate_vjp(ct, *operands, dimension, **params):
 
 
 if hasattr(lax, "split_p"):
-    @vjp_rule(lax.split_p)
+    @vjp_rule(lax.split_p, handles_complex=True)
     def split_vjp(cts, x, *, sizes, axis, **params):
         """split's cotangent concatenates the pieces' cotangents (zeros where none flowed)."""
         shape = list(np.shape(x))
@@ -112,14 +112,14 @@ if hasattr(lax, "split_p"):
         return (lax.concatenate(pieces, axis),)
 
 
-@vjp_rule(lax.dynamic_slice_p)
+@vjp_rule(lax.dynamic_slice_p, handles_complex=True)
 def dynamic_slice_vjp(ct, x, *starts, slice_sizes, **params):
     """The slice's cotangent is written into zeros at the (clamped) start indices."""
     zeros = jnp.zeros(np.shape(x), ct.dtype)
     return (lax.dynamic_update_slice(zeros, ct, starts), *[None] * len(starts))
 
 
-@vjp_rule(lax.dynamic_update_slice_p)
+@vjp_rule(lax.dynamic_update_slice_p, handles_complex=True)
 def dynamic_update_slice_vjp(ct, x, update, *starts, **params):
     """The operand's cotangent has a hole where the update went; the update's is that slice."""
     def d_x():
