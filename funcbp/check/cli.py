@@ -5,8 +5,9 @@
 - ``funcbp check MODULE:FUNCTION --args SPEC``: runs :func:`funcbp.check.check_grads` on the
   user's function with random inputs built from ``SPEC``.
 
-Both print JSON instead with ``--json`` and exit with status 1 when something fails (2 for a
-usage error), so CI can run them.
+Both print JSON instead with ``--json`` and exit with status 1 when a gradient is wrong, 2 when
+nothing could be checked (a usage error, or the user's function, sample or import raised: the
+error's first line and the argument shapes are printed), so CI can tell them apart.
 
 Input specs: ``--args`` is a JSON list with one entry per positional argument. A string
 ``"f32[3,4]"`` becomes a standard normal array of that dtype and shape (``f16``, ``bf16``,
@@ -121,7 +122,11 @@ def _run_function(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)  # float64 inputs were asked for
     key = jax.random.key(args.seed)
     if args.sample:
-        values = load_callable(args.sample)(key)
+        sample = load_callable(args.sample)
+        try:
+            values = sample(key)
+        except Exception as err:
+            return _raised(f"your --sample function {args.sample} raised", err, None)
         if not isinstance(values, (tuple, list)):
             values = (values,)
     elif args.args_spec:
@@ -136,8 +141,16 @@ def _run_function(args: argparse.Namespace) -> int:
         except ValueError:
             raise _UsageError(
                 f"--argnums {args.argnums!r}: expected integers such as 0,2") from None
-    report = check_grads(fn, tuple(values), argnums, rtol=args.rtol, atol=args.atol,
-                         fd_rtol=args.fd_rtol, fd_atol=args.fd_atol, seed=args.seed)
+    # Exit 2, not 1, when nothing could be compared: 1 means "a gradient is wrong".
+    try:
+        jax.block_until_ready(fn(*values))
+    except Exception as err:
+        return _raised(f"your function {args.target} raised", err, values)
+    try:
+        report = check_grads(fn, tuple(values), argnums, rtol=args.rtol, atol=args.atol,
+                             fd_rtol=args.fd_rtol, fd_atol=args.fd_atol, seed=args.seed)
+    except Exception as err:
+        return _raised(f"differentiating {args.target} raised", err, values)
     if args.json:
         print(json.dumps(report.to_dict(), indent=1, default=_json_default))
     else:
@@ -146,6 +159,31 @@ def _run_function(args: argparse.Namespace) -> int:
             print()
             print(report.failure_message())
     return 0 if report.passed else 1
+
+
+def _describe(value: Any) -> str:
+    """``f32[3,4]`` for an array, the pytree of those for a container, repr otherwise."""
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_describe(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in value.items()) + "}"
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        names = {v: k for k, v in _DTYPES.items()}
+        dtype = names.get(str(value.dtype), str(value.dtype))
+        return f"{dtype}[{','.join(map(str, value.shape))}]"
+    return repr(value)
+
+
+def _raised(what: str, err: Exception, values: Any) -> int:
+    """Report an exception from the user's code (first line, argument shapes); exit 2."""
+    first = (str(err).strip().splitlines() or [""])[0]
+    print(f"funcbp check: {what} {type(err).__name__}: {first}", file=sys.stderr)
+    if values is not None:
+        print(f"  arguments: {', '.join(_describe(v) for v in values)}", file=sys.stderr)
+    print("  nothing was checked (exit status 2; status 1 means a gradient is wrong). Fix the "
+          "function or the inputs (--args / --sample) and run again", file=sys.stderr)
+    return 2
 
 
 def _json_default(obj: Any) -> Any:
@@ -167,7 +205,11 @@ def load_callable(target: str) -> Callable:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules.setdefault(path.stem, module)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:
+            raise _UsageError(f"{target!r}: importing {path} raised {type(err).__name__}: "
+                              f"{(str(err).splitlines() or [''])[0]}") from None
     else:
         if "" not in sys.path and str(Path.cwd()) not in sys.path:
             sys.path.insert(0, str(Path.cwd()))  # so that local modules import, as python -m does
@@ -175,6 +217,10 @@ def load_callable(target: str) -> Callable:
             module = importlib.import_module(module_name)
         except ImportError as err:
             raise _UsageError(f"{target!r}: cannot import {module_name!r}: {err}") from None
+        except Exception as err:
+            raise _UsageError(f"{target!r}: importing {module_name!r} raised "
+                              f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
+                              ) from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
