@@ -16,10 +16,24 @@ Examples:
     >>> params = optim.apply_updates(params, updates)
 """
 
-from funcbp.optim.aliases import adam, momentum, nesterov, sgd, torch_sgd
+from funcbp.optim.adaptive import (
+    ScaleByLionState,
+    ScaleByRmsState,
+    ScaleByRmsWithCountState,
+    ScaleByRssState,
+    ScaleByRStdDevState,
+    ScaleByRStdDevWithCountState,
+    scale_by_lion,
+    scale_by_rms,
+    scale_by_rss,
+    scale_by_stddev,
+)
+from funcbp.optim.aliases import adam, adamw, lion, momentum, nesterov, sgd, torch_sgd
+from funcbp.optim.aliases_rms import adafactor, adagrad, rmsprop
 from funcbp.optim.base import (
     EmptyState,
     GradientTransformation,
+    GradientTransformationExtraArgs,
     OptState,
     Params,
     ScalarOrSchedule,
@@ -28,8 +42,9 @@ from funcbp.optim.base import (
     apply_updates,
     global_norm,
     identity,
+    with_extra_args_support,
 )
-from funcbp.optim.clipping import clip, clip_by_global_norm
+from funcbp.optim.clipping import clip, clip_by_block_rms, clip_by_global_norm
 from funcbp.optim.combine import (
     AccumulateState,
     SkipNonfiniteState,
@@ -38,7 +53,17 @@ from funcbp.optim.combine import (
     chain,
     skip_nonfinite,
 )
-from funcbp.optim.decay import add_decayed_weights, add_l1_decay
+from funcbp.optim.decay import WeightDecaySchedule, add_decayed_weights, add_l1_decay
+from funcbp.optim.factorized import FactoredState, scale_by_factored_rms, scale_by_param_block_rms
+from funcbp.optim.inject import (
+    InjectStatefulHyperparamsState,
+    WrappedSchedule,
+    WrappedScheduleState,
+    inject_hyperparams,
+)
+from funcbp.optim.masking import MaskedNode, MaskedState, masked
+from funcbp.optim.monitor import SnapshotState, monitor_global_norm, snapshot, tree_get
+from funcbp.optim.names import OPTIMIZERS, from_name, optimizer_options
 from funcbp.optim.schedules import (
     constant_schedule,
     cosine_decay_schedule,
@@ -52,10 +77,12 @@ from funcbp.optim.schedules import (
     warmup_exponential_decay_schedule,
 )
 from funcbp.optim.transforms import (
+    EmaState,
     ScaleByAdamState,
     ScaleByScheduleState,
     TorchTraceState,
     TraceState,
+    ema,
     scale,
     scale_by_adam,
     scale_by_learning_rate,
@@ -66,48 +93,86 @@ from funcbp.optim.transforms import (
 
 __all__ = [
     "AccumulateState",
+    "EmaState",
     "EmptyState",
+    "FactoredState",
     "GradientTransformation",
+    "GradientTransformationExtraArgs",
+    "InjectStatefulHyperparamsState",
+    "MaskedNode",
+    "MaskedState",
+    "OPTIMIZERS",
     "OptState",
     "Params",
     "ScalarOrSchedule",
     "ScaleByAdamState",
+    "ScaleByLionState",
+    "ScaleByRStdDevState",
+    "ScaleByRStdDevWithCountState",
+    "ScaleByRmsState",
+    "ScaleByRmsWithCountState",
+    "ScaleByRssState",
     "ScaleByScheduleState",
     "Schedule",
     "SkipNonfiniteState",
+    "SnapshotState",
     "TorchTraceState",
     "TraceState",
     "Updates",
+    "WeightDecaySchedule",
+    "WrappedSchedule",
+    "WrappedScheduleState",
     "accumulate",
+    "adafactor",
+    "adagrad",
     "adam",
+    "adamw",
     "add_decayed_weights",
     "add_l1_decay",
     "all_finite",
     "apply_updates",
     "chain",
     "clip",
+    "clip_by_block_rms",
     "clip_by_global_norm",
     "constant_schedule",
     "cosine_decay_schedule",
+    "ema",
     "exponential_decay",
+    "from_name",
     "global_norm",
     "identity",
+    "inject_hyperparams",
     "join_schedules",
     "linear_schedule",
+    "lion",
+    "masked",
     "momentum",
+    "monitor_global_norm",
     "nesterov",
+    "optimizer_options",
     "piecewise_constant_schedule",
     "polynomial_schedule",
+    "rmsprop",
     "scale",
     "scale_by_adam",
+    "scale_by_factored_rms",
     "scale_by_learning_rate",
+    "scale_by_lion",
+    "scale_by_param_block_rms",
+    "scale_by_rms",
+    "scale_by_rss",
     "scale_by_schedule",
+    "scale_by_stddev",
     "sgd",
     "skip_nonfinite",
+    "snapshot",
     "step_decay",
     "torch_sgd",
     "torch_trace",
     "trace",
+    "tree_get",
     "warmup_cosine_decay_schedule",
     "warmup_exponential_decay_schedule",
+    "with_extra_args_support",
 ]

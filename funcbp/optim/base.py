@@ -9,12 +9,20 @@ optax, so that funcbp's transformations run inside `optax.chain` and optax's ins
 Every state is a `NamedTuple` of arrays and pytrees: `jax.jit`, `jax.tree_util` and
 checkpointing handle it like any other pytree.
 
+The two classes subclass optax's namesakes, so `isinstance(tx, optax.GradientTransformation)`
+(and, for chains and aliases, `optax.GradientTransformationExtraArgs`) holds for funcbp's
+transformations: optax's wrappers and type checks treat them as their own. This is the one
+place funcbp.optim imports optax (a dependency either way; `import funcbp` alone does not
+load it, since `funcbp.optim` is imported on first use).
+
 The checks in this module run in Python on tree structures, shapes and dtypes, which are
 static under `jax.jit`: they cost nothing in a compiled step.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import operator
 from collections.abc import Callable
@@ -23,6 +31,7 @@ from typing import Any, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 Params = Any
 """A pytree of arrays: the model parameters, usually nested dicts."""
@@ -45,13 +54,13 @@ class TransformUpdateFn(Protocol):
     ) -> tuple[Updates, OptState]: ...
 
 
-class GradientTransformation(NamedTuple):
+class GradientTransformation(optax.GradientTransformation):
     """A pair of pure functions `(init, update)`, optax's interface.
 
     `init(params)` builds the initial state from example parameters; `update(updates,
     state, params=None)` maps incoming updates (usually gradients) and the state to new
-    updates and the next state. Because this is a `NamedTuple` of the same two fields as
-    `optax.GradientTransformation`, optax accepts it wherever it accepts its own.
+    updates and the next state. It is a subclass of `optax.GradientTransformation` (a
+    `NamedTuple` with the same two fields), so optax accepts it wherever it accepts its own.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -64,8 +73,69 @@ class GradientTransformation(NamedTuple):
         Array([0.9, 0.9, 0.9], dtype=float32)
     """
 
+    __slots__ = ()
     init: TransformInitFn
     update: TransformUpdateFn
+
+
+class GradientTransformationExtraArgs(
+    GradientTransformation, optax.GradientTransformationExtraArgs
+):
+    """A `GradientTransformation` whose `update` also takes keyword "extra args".
+
+    `update(updates, state, params=None, **extra_args)`: what `chain`, `masked`,
+    `inject_hyperparams` and every alias return, as in optax. Extra args (e.g. `value=` for
+    `optax.polyak_sgd`) are passed on to the parts that take them and ignored elsewhere.
+    It subclasses both funcbp's `GradientTransformation` and
+    `optax.GradientTransformationExtraArgs`, so either library's `isinstance` checks pass.
+
+    Examples:
+        >>> import optax
+        >>> from funcbp import optim
+        >>> tx = optim.chain(optim.clip(1.0), optim.scale(-0.1))
+        >>> isinstance(tx, optax.GradientTransformationExtraArgs)
+        True
+    """
+
+    __slots__ = ()
+
+
+def accepts_extra_args(tx: Any) -> bool:
+    """Whether `tx.update` takes extra keyword args: an ExtraArgs instance or a `**kwargs`."""
+    if isinstance(tx, optax.GradientTransformationExtraArgs):
+        return True
+    try:
+        params = inspect.signature(tx.update).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def with_extra_args_support(tx: Any) -> GradientTransformationExtraArgs:
+    """`tx` with an `update` that accepts (and drops, if `tx` cannot take them) extra args.
+
+    Args:
+        tx: a funcbp or optax transformation.
+
+    Returns:
+        A `GradientTransformationExtraArgs` (`tx` itself when it already is one of funcbp's).
+
+    Examples:
+        >>> from funcbp import optim
+        >>> tx = optim.with_extra_args_support(optim.scale(2.0))
+        >>> tx.update(1.0, tx.init(0.0), loss=3.0)[0]
+        2.0
+    """
+    if isinstance(tx, GradientTransformationExtraArgs):
+        return tx
+    if accepts_extra_args(tx):
+        return GradientTransformationExtraArgs(tx.init, tx.update)
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        return tx.update(updates, state, params)
+
+    return GradientTransformationExtraArgs(tx.init, update)
 
 
 class EmptyState(NamedTuple):
@@ -103,6 +173,56 @@ def check_rate(value: Any, name: str = "learning_rate") -> None:
             " (give the step size; the minus sign is applied for you)" if "learning" in name else ""
         )
         raise ValueError(f"{name} must be a non-negative number, got {value!r}{hint}.")
+
+
+def _concrete_scalar(value: Any, name: str, schedule_ok: bool) -> float | None:
+    """The float value of a scalar hyperparameter, or None when it cannot be inspected."""
+    if isinstance(value, jax.core.Tracer):
+        return None  # a value computed inside jit (e.g. by inject_hyperparams)
+    if callable(value):
+        if schedule_ok:
+            return None
+        raise TypeError(
+            f"{name} must be a number, got the callable {value!r}; to change it during "
+            f"training, wrap the optimiser: optim.inject_hyperparams(factory)({name}=schedule)."
+        )
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "fiu" or arr.ndim != 0:
+        kind = "a number or a schedule step -> value" if schedule_ok else "a number"
+        raise TypeError(f"{name} must be {kind}, got {value!r} ({type(value).__name__}).")
+    return float(arr)
+
+
+def check_interval(
+    value: Any,
+    name: str,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = True,
+    schedule_ok: bool = False,
+) -> None:
+    """Raise ValueError unless `low <= value < high` (bounds open or closed as asked).
+
+    Numbers and 0-d arrays are checked; tracers pass, and callables pass when `schedule_ok`
+    (otherwise a TypeError says how to schedule the value). The message names `name`.
+    """
+    v = _concrete_scalar(value, name, schedule_ok)
+    if v is None:
+        return
+    above = v > low if low_open else v >= low
+    below = v < high if high_open else v <= high
+    if not (above and below):  # NaN fails both
+        if low == -math.inf and high == math.inf:
+            raise ValueError(f"{name} must be a finite number, got {value!r}.")
+        interval = (
+            f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            if high != math.inf
+            else f"{'>' if low_open else '>='} {low:g}"
+        )
+        where = f"in {interval}" if high != math.inf else interval
+        raise ValueError(f"{name} must be {where}, got {value!r}.")
 
 
 def check_float_leaves(tree: Any, what: str = "params") -> None:
@@ -196,7 +316,16 @@ def tree_select(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
     )
 
 
-def _abs_sq(x: jax.Array) -> jax.Array:
+@functools.partial(jax.jit, inline=True)
+def bias_correction(decay: jax.typing.ArrayLike, count: jax.Array) -> jax.Array:
+    """`1 - decay**count`, Adam's bias correction, in float32 for a float `decay`."""
+    # `1 - decay**count` is ill-conditioned for decay near 1; compiling it (inlined under
+    # an outer jit) makes eager and jitted steps round alike, and alike to optax.
+    return 1 - decay**count
+
+
+def abs_sq(x: jax.Array) -> jax.Array:
+    """`|x|^2` element-wise, real for complex `x` (optax's `abs_sq`)."""
     x = jnp.asarray(x)
     if jnp.iscomplexobj(x):
         return jnp.square(x.real) + jnp.square(x.imag)
@@ -221,7 +350,7 @@ def global_norm(tree: Any) -> jax.Array:
         >>> optim.global_norm({"a": jnp.array([3.0]), "b": jnp.array([4.0])})
         Array(5., dtype=float32)
     """
-    sums = jax.tree.map(lambda x: jnp.sum(_abs_sq(x)), tree)
+    sums = jax.tree.map(lambda x: jnp.sum(abs_sq(x)), tree)
     return jnp.sqrt(jax.tree.reduce(operator.add, sums, initializer=0))
 
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from funcbp.optim.base import (
     GradientTransformation,
+    abs_sq,
     check_rate,
     check_updates,
     global_norm,
@@ -80,4 +81,36 @@ def clip_by_global_norm(max_norm: jax.typing.ArrayLike) -> GradientTransformatio
     return GradientTransformation(init_empty_state, update)
 
 
-__all__ = ["clip", "clip_by_global_norm"]
+def clip_by_block_rms(threshold: jax.typing.ArrayLike) -> GradientTransformation:
+    """Scale each leaf down so that its root mean square is at most `threshold`.
+
+    Formula (per leaf): `u = g / max(1, rms(g) / threshold)`, `rms(g) = sqrt(mean(g^2))`
+    (Adafactor's update clipping, optax's `clip_by_block_rms`).
+
+    Args:
+        threshold: the largest root mean square `d > 0` a leaf's update may keep.
+
+    Returns:
+        A stateless `GradientTransformation`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from funcbp import optim
+        >>> tx = optim.clip_by_block_rms(1.0)
+        >>> tx.update(jnp.array([3.0, -3.0]), tx.init(jnp.zeros(2)))[0]
+        Array([ 1., -1.], dtype=float32)
+
+    Reference: Shazeer and Stern, Adafactor: Adaptive Learning Rates with Sublinear Memory
+    Cost, 2018, section 6.
+    """
+    check_rate(threshold, "threshold")
+
+    def update(updates, state, params=None):
+        check_updates(updates, params=params)
+        f = lambda g: g / jnp.maximum(1.0, jnp.sqrt(jnp.mean(abs_sq(g))) / threshold)
+        return jax.tree.map(f, updates), state
+
+    return GradientTransformation(init_empty_state, update)
+
+
+__all__ = ["clip", "clip_by_block_rms", "clip_by_global_norm"]

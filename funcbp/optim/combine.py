@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, NamedTuple
 
 import jax
@@ -10,21 +9,15 @@ import jax.numpy as jnp
 
 from funcbp.optim.base import (
     GradientTransformation,
+    GradientTransformationExtraArgs,
     OptState,
     Updates,
+    accepts_extra_args,
     check_float_leaves,
     check_updates,
     safe_increment,
     tree_select,
 )
-
-
-def _accepts_extra_args(fn: Any) -> bool:
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _check_transform(tx: Any, where: str) -> None:
@@ -39,18 +32,21 @@ def _cast_like(tree: Any, like: Any) -> Any:
     return jax.tree.map(lambda x, y: jnp.asarray(x).astype(jnp.result_type(y)), tree, like)
 
 
-def chain(*transforms: GradientTransformation) -> GradientTransformation:
+def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArgs:
     """Apply transformations one after the other: `u = f_n(... f_2(f_1(g)))`.
 
     The state is the tuple of the states of the parts, in order. Parts may be funcbp's
     or optax's transformations; keyword arguments given to `update` (optax's "extra args")
-    reach only the parts whose `update` accepts `**kwargs`.
+    reach the parts that take them (`GradientTransformationExtraArgs` instances, or an
+    `update` with `**kwargs`) and are dropped for the others, as in `optax.chain`.
 
     Args:
         *transforms: the transformations, applied first to last.
 
     Returns:
-        A `GradientTransformation` with state `tuple(part states)`.
+        A `GradientTransformationExtraArgs` (so `isinstance(tx,
+        optax.GradientTransformationExtraArgs)` holds, as for `optax.chain`) with state
+        `tuple(part states)`.
 
     Examples:
         >>> import jax.numpy as jnp
@@ -61,7 +57,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
     """
     for i, tx in enumerate(transforms):
         _check_transform(tx, f"chain argument {i}")
-    takes_extra = [_accepts_extra_args(tx.update) for tx in transforms]
+    takes_extra = [accepts_extra_args(tx) for tx in transforms]
 
     def init(params):
         return tuple(tx.init(params) for tx in transforms)
@@ -79,7 +75,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_state.append(s)
         return updates, tuple(new_state)
 
-    return GradientTransformation(init, update)
+    return GradientTransformationExtraArgs(init, update)
 
 
 class SkipNonfiniteState(NamedTuple):

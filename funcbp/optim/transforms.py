@@ -6,7 +6,6 @@ outgoing update, `t` the step count starting at 0, `m`, `v` states carried betwe
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -19,6 +18,8 @@ from funcbp.optim.base import (
     ScalarOrSchedule,
     Schedule,
     Updates,
+    abs_sq,
+    bias_correction,
     check_float_leaves,
     check_rate,
     check_updates,
@@ -267,19 +268,14 @@ def torch_trace(
     return GradientTransformation(init, update)
 
 
-@functools.partial(jax.jit, inline=True)
-def _bias_correction(decay: jax.Array, count: jax.Array) -> jax.Array:
-    # `1 - decay**count` is ill-conditioned for decay near 1; compiling it (inlined under
-    # an outer jit) makes eager and jitted steps round alike, and alike to optax.
-    return 1 - decay**count
-
-
 def scale_by_adam(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
     eps_root: float = 0.0,
     mu_dtype: Any = None,
+    *,
+    nesterov: bool = False,
 ) -> GradientTransformation:
     """Adam's rescaling (optax's `scale_by_adam`), without the learning rate.
 
@@ -287,7 +283,9 @@ def scale_by_adam(
 
         m_t = (1 - b1) * g_t + b1 * m_{t-1}
         v_t = (1 - b2) * g_t^2 + b2 * v_{t-1}
-        u_t = (m_t / (1 - b1^n)) / (sqrt(v_t / (1 - b2^n) + eps_root) + eps)
+        m^_t = m_t / (1 - b1^n)                                           (nesterov=False)
+        m^_t = b1 * m_t / (1 - b1^(n+1)) + (1 - b1) * g_t / (1 - b1^n)    (nesterov=True)
+        u_t = m^_t / (sqrt(v_t / (1 - b2^n) + eps_root) + eps)
 
     `eps` sits outside the square root (as in the Adam paper and PyTorch).
 
@@ -297,6 +295,7 @@ def scale_by_adam(
         eps: added to the denominator outside the square root.
         eps_root: added inside the square root.
         mu_dtype: dtype of the stored first moment; `None` keeps the params' dtypes.
+        nesterov: Nesterov's look-ahead on the first moment (NAdam, Dozat 2016).
 
     Returns:
         A `GradientTransformation` with state `ScaleByAdamState(count, mu, nu)`.
@@ -323,17 +322,24 @@ def scale_by_adam(
     def update(updates, state, params=None):
         check_updates(updates, state.mu, "state.mu", params)
         mu = jax.tree.map(lambda g, m: (1 - b1) * g + b1 * m, updates, state.mu)
-        nu = jax.tree.map(lambda g, v: (1 - b2) * jnp.square(g) + b2 * v, updates, state.nu)
+        nu = jax.tree.map(lambda g, v: (1 - b2) * abs_sq(g) + b2 * v, updates, state.nu)
         count = safe_increment(state.count)
         # The corrections are computed in float32 and cast after, so that bfloat16 moments
         # get a correction that is not rounded to zero.
-        c1, c2 = _bias_correction(b1, count), _bias_correction(b2, count)
+        c1, c2 = bias_correction(b1, count), bias_correction(b2, count)
+        if nesterov:
+            c1_next = bias_correction(b1, safe_increment(count))
+            mu_hat = jax.tree.map(
+                lambda m, g: (
+                    b1 * (m / c1_next.astype(m.dtype)) + (1 - b1) * (g / c1.astype(g.dtype))
+                ),
+                mu,
+                updates,
+            )
+        else:
+            mu_hat = jax.tree.map(lambda m: m / c1.astype(m.dtype), mu)
         updates = jax.tree.map(
-            lambda m, v: (
-                (m / c1.astype(m.dtype)) / (jnp.sqrt(v / c2.astype(v.dtype) + eps_root) + eps)
-            ),
-            mu,
-            nu,
+            lambda m, v: m / (jnp.sqrt(v / c2.astype(v.dtype) + eps_root) + eps), mu_hat, nu
         )
         mu = _cast(mu, mu_dtype)
         nu = jax.tree.map(lambda v, old: v.astype(old.dtype), nu, state.nu)
@@ -342,12 +348,68 @@ def scale_by_adam(
     return GradientTransformation(init, update)
 
 
+class EmaState(NamedTuple):
+    """State of `ema`: the step count and the moving average, shaped like the params."""
+
+    count: jax.Array  # int32 scalar
+    ema: Params
+
+
+def ema(decay: float, debias: bool = True, accumulator_dtype: Any = None) -> GradientTransformation:
+    """Exponential moving average of the updates (optax's `ema`).
+
+    Formula (`e_{-1} = 0`, `n = t + 1`):
+
+        e_t = (1 - decay) * g_t + decay * e_{t-1}
+        u_t = e_t / (1 - decay^n)          (debias=True)
+        u_t = e_t                          (debias=False)
+
+    Unlike `trace` (`m_t = g_t + mu * m_{t-1}`), the new update enters with weight
+    `1 - decay`. Adafactor's optional momentum is `ema(momentum, debias=False)`.
+
+    Args:
+        decay: `decay >= 0`.
+        debias: divide by `1 - decay^n` (Adam's bias correction).
+        accumulator_dtype: dtype of the stored average; `None` keeps the params' dtypes.
+
+    Returns:
+        A `GradientTransformation` with state `EmaState(count, ema)`.
+
+    Examples:
+        >>> import jax.numpy as jnp
+        >>> from funcbp import optim
+        >>> tx = optim.ema(0.9, debias=False)
+        >>> tx.update(jnp.array([1.0]), tx.init(jnp.zeros(1)))[0]
+        Array([0.1], dtype=float32)
+    """
+    check_rate(decay, "decay")
+
+    def init(params):
+        check_float_leaves(params)
+        return EmaState(count=jnp.zeros([], jnp.int32), ema=_zeros_like(params, accumulator_dtype))
+
+    def update(updates, state, params=None):
+        check_updates(updates, state.ema, "state.ema", params)
+        new_ema = jax.tree.map(lambda g, e: (1 - decay) * g + decay * e, updates, state.ema)
+        count = safe_increment(state.count)
+        if debias:
+            c = bias_correction(decay, count)
+            updates = jax.tree.map(lambda e: e / c.astype(e.dtype), new_ema)
+        else:
+            updates = new_ema
+        return updates, EmaState(count=count, ema=_cast(new_ema, accumulator_dtype))
+
+    return GradientTransformation(init, update)
+
+
 __all__ = [
+    "EmaState",
     "EmptyState",
     "ScaleByAdamState",
     "ScaleByScheduleState",
     "TorchTraceState",
     "TraceState",
+    "ema",
     "scale",
     "scale_by_adam",
     "scale_by_learning_rate",

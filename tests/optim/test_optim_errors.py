@@ -26,6 +26,11 @@ PARAMS = {"dense_0": {"w": jnp.ones((2, 3)), "b": jnp.zeros(3)}, "out": [jnp.one
         optim.torch_sgd,
         optim.momentum,
         optim.nesterov,
+        optim.adamw,
+        optim.lion,
+        optim.rmsprop,
+        optim.adagrad,
+        optim.adafactor,
     ],
     ids=lambda f: f.__name__,
 )
@@ -36,20 +41,52 @@ def test_bad_learning_rate(make, lr):
 
 
 @pytest.mark.parametrize(
-    "make, name",
+    "make, message",
     [
-        (lambda: optim.sgd(0.1, momentum=-0.9), "decay"),
-        (lambda: optim.trace(float("nan")), "decay"),
-        (lambda: optim.add_decayed_weights(-1e-4), "weight_decay"),
-        (lambda: optim.add_l1_decay(float("nan")), "l1"),
-        (lambda: optim.clip(-1.0), "max_delta"),
-        (lambda: optim.clip_by_global_norm(float("nan")), "max_norm"),
-        (lambda: optim.torch_sgd(0.1, weight_decay=-1.0), "weight_decay"),
-        (lambda: optim.adam(0.1, b1=-0.9), "b1"),
+        (lambda: optim.sgd(0.1, momentum=-0.9), r"momentum must be in \[0, 1\), got -0.9"),
+        (lambda: optim.sgd(0.1, momentum=1.0), r"momentum must be in \[0, 1\), got 1.0"),
+        (lambda: optim.momentum(0.1, beta=1.2), r"beta must be in \[0, 1\)"),
+        (lambda: optim.trace(float("nan")), "decay must be a non-negative number"),
+        (lambda: optim.add_decayed_weights(float("nan")), "weight_decay must be a finite number"),
+        (lambda: optim.add_decayed_weights(np.inf), "weight_decay must be a finite number"),
+        (lambda: optim.add_l1_decay(float("nan")), "l1 must be a non-negative number"),
+        (lambda: optim.clip(-1.0), "max_delta must be a non-negative number"),
+        (lambda: optim.clip_by_global_norm(float("nan")), "max_norm must be a non-negative number"),
+        (lambda: optim.torch_sgd(0.1, weight_decay=-1.0), "weight_decay must be a non-negative"),
+        (lambda: optim.adam(0.1, b1=-0.9), r"b1 must be in \[0, 1\), got -0.9"),
+        (lambda: optim.adam(0.1, b2=1.0), r"b2 must be in \[0, 1\), got 1.0"),
+        (lambda: optim.adam(0.1, eps=0.0), "eps must be > 0, got 0.0"),
+        (lambda: optim.adam(0.1, eps_root=-1e-9), "eps_root must be >= 0"),
+        (lambda: optim.adamw(0.1, weight_decay=-1e-4), "weight_decay must be >= 0"),
+        (lambda: optim.lion(0.1, b2=float("nan")), r"b2 must be in \[0, 1\), got nan"),
+        (lambda: optim.rmsprop(0.1, decay=1.5), r"decay must be in \[0, 1\)"),
+        (lambda: optim.rmsprop(0.1, momentum=-0.1), r"momentum must be in \[0, 1\)"),
+        (lambda: optim.rmsprop(0.1, eps=-1e-8), "eps must be > 0"),
+        (lambda: optim.adagrad(0.1, initial_accumulator_value=-1.0), "initial_accumulator_v"),
+        (lambda: optim.adafactor(clipping_threshold=0.0), "clipping_threshold must be > 0"),
+        (lambda: optim.adafactor(weight_decay_rate=-0.1), "weight_decay_rate must be >= 0"),
+        (lambda: optim.adafactor(momentum=1.0), r"momentum must be in \[0, 1\)"),
+        (lambda: optim.clip_by_block_rms(-1.0), "threshold must be a non-negative"),
     ],
 )
-def test_bad_hyperparameters(make, name):
-    with pytest.raises(ValueError, match=f"{name} must be a non-negative number"):
+def test_bad_hyperparameters(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: optim.adam(0.1, b1="0.9"), r"b1 must be a number, got '0.9' \(str\)"),
+        (lambda: optim.adam(0.1, b1=lambda t: 0.9), "b1 must be a number, got the callable"),
+        (lambda: optim.sgd("0.1"), "learning_rate must be a scalar number or a callable"),
+        (lambda: optim.scale_by_factored_rms(min_dim_size_to_factor=2.0), "must be an int"),
+        (lambda: optim.masked(optim.scale(1.0), {"w": "yes"}).init({"w": jnp.ones(1)}), "Python"),
+        (lambda: optim.scale_by_lion(mode="soft"), "mode must be 'hard', 'smooth' or 'refined'"),
+    ],
+)
+def test_bad_hyperparameter_types(make, message):
+    with pytest.raises((TypeError, ValueError), match=message):
         make()
 
 
@@ -57,6 +94,9 @@ def test_schedules_and_zero_rates_are_accepted():
     optim.sgd(optim.cosine_decay_schedule(0.1, 10))
     optim.sgd(lambda t: -1.0)  # a callable is not inspected: it may depend on traced steps
     optim.sgd(0.0)
+    optim.adamw(optim.cosine_decay_schedule(1e-3, 10), weight_decay=lambda t: 1e-4)
+    optim.add_decayed_weights(-0.1)  # negative decay is allowed, as optax.fromage uses it
+    optim.adam(jnp.asarray(1e-3), b1=jnp.asarray(0.9, jnp.float32))  # 0-d arrays are numbers
 
 
 @pytest.mark.parametrize(
@@ -163,7 +203,23 @@ def test_optax_transforms_still_work_inside_our_chain_with_checks():
 
 @pytest.mark.parametrize(
     "module",
-    ["base", "transforms", "clipping", "decay", "combine", "aliases", "schedules", "__init__"],
+    [
+        "base",
+        "transforms",
+        "adaptive",
+        "clipping",
+        "decay",
+        "combine",
+        "aliases",
+        "aliases_rms",
+        "factorized",
+        "inject",
+        "masking",
+        "monitor",
+        "names",
+        "schedules",
+        "__init__",
+    ],
 )
 def test_docstring_examples_run(module):
     name = "funcbp.optim" if module == "__init__" else f"funcbp.optim.{module}"
