@@ -584,6 +584,45 @@ def pull_back(vjp: Callable, fun: Callable, values: Sequence[Any],
     return pullback(cotangent(out))
 
 
+def _float64_truth(s: Sample, values: tuple, cotangent: Callable) -> list | None:
+    """``jax.vjp`` of the sample at the same inputs and cotangent cast to float64, or None.
+
+    None when the sample cannot run in float64 (it casts to a fixed dtype inside, say).
+    """
+    def up(v):
+        dtype = jnp.result_type(v)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            return jnp.asarray(v, jnp.complex128)
+        return jnp.asarray(v, jnp.float64) if jnp.issubdtype(dtype, jnp.floating) else v
+
+    try:
+        f, floats = of_float_args(s.fun, values)
+        ct = cotangent(jax.eval_shape(f, *floats))
+        with jax.enable_x64(True), (s.context() if s.context is not None
+                                    else contextlib.nullcontext()):
+            truth = pull_back(jax.vjp, s.fun, jax.tree.map(up, values),
+                              lambda out: jax.tree.map(up, ct))
+            return [np.asarray(t, np.complex128 if jnp.iscomplexobj(t) else np.float64)
+                    for t in jax.tree.leaves(truth)]
+    except Exception:  # noqa: BLE001 - no truth to judge by: the plain comparison stands
+        return None
+
+
+def _no_worse_than_jax(ours: Any, ref: Any, truth: np.ndarray, rtol: float,
+                       atol: float) -> bool:
+    """Wherever funcbp and jax disagree beyond tolerance, funcbp is nearer the float64 truth
+    than jax (or within tolerance of it)."""
+    a, b = np.ravel(np.asarray(ours, truth.dtype)), np.ravel(np.asarray(ref, truth.dtype))
+    t = np.ravel(truth)
+    if a.shape != t.shape or not (np.isfinite(a).all() and np.isfinite(t).all()):
+        return False
+    floor = atol / rtol if rtol > 0 else 0.0
+    with np.errstate(invalid="ignore"):
+        disagree = ~(np.abs(a - b) <= rtol * (np.abs(b) + floor))
+    near = np.abs(a - t) <= np.maximum(np.abs(b - t), rtol * (np.abs(t) + floor))
+    return bool(near[disagree].all())
+
+
 def _run_sample(s: Sample, dtype: str, seed: int, key: jax.Array,
                 precision: str) -> tuple[float, float, str]:
     """(max abs err, max rel err, where) of one sample in one dtype; raises on mismatch."""
@@ -619,6 +658,7 @@ def _run_sample(s: Sample, dtype: str, seed: int, key: jax.Array,
     np_refs = [np.asarray(r, np.float64) for r in refs if r.dtype != jax.dtypes.float0]
     scale = _scale(np_refs)
     worst_abs, worst_rel, problem = 0.0, 0.0, ""
+    truth = None
     for i, (a, b) in enumerate(zip(ours, refs, strict=True)):
         if a.shape != b.shape or a.dtype != b.dtype:
             return np.inf, np.inf, (f"{s.label} ({dtype}): argument {i}: cotangent "
@@ -628,6 +668,12 @@ def _run_sample(s: Sample, dtype: str, seed: int, key: jax.Array,
         abs_e, rel_e, w, ok = _compare(np.asarray(a, np.float64), np.asarray(b, np.float64),
                                        rtol, atol * scale)
         worst_abs, worst_rel = max(worst_abs, abs_e), max(worst_rel, rel_e)
+        if not ok:
+            # jax is a reference, not the truth: near saturation (tanh at |x| ~ 10 in float32)
+            # both round, and funcbp may be the nearer one. Pass when, wherever the two
+            # disagree, funcbp is at least as close as jax to the same inputs in float64.
+            truth = truth if truth is not None else _float64_truth(s, values, cotangent)
+            ok = truth is not None and _no_worse_than_jax(a, b, truth[i], rtol, atol * scale)
         if not ok and not problem:
             idx = tuple(int(j) for j in np.unravel_index(w, a.shape))
             problem = (f"{s.label} ({dtype}): argument {i} at {idx}: funcbp "
@@ -646,6 +692,9 @@ def verify_rules(primitives: Sequence[str] | None = None, *, seeds: int = 2,
     arguments for a random output cotangent are compared with ``jax.vjp``'s (with
     :func:`funcbp.check.default_tolerances` for the dtype: relative error with an absolute
     floor scaled to the gradient's size), and the worst absolute and relative errors are kept.
+    jax rounds too: where the two disagree beyond tolerance, the entry still passes if funcbp
+    is at least as close as jax to ``jax.vjp`` of the same inputs in float64 (the errors
+    shown stay those against jax).
 
     Args:
       primitives: only these primitive names (default: every registered one).
