@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +19,7 @@ from jax.tree_util import tree_flatten, tree_structure, tree_unflatten
 from funcbp.autodiff import interpreter
 from funcbp.autodiff.trace import trace
 
-__all__ = ["grad", "value_and_grad", "vjp"]
-
-
-def _float0_zeros(x: Any) -> np.ndarray:
-    return np.zeros(np.shape(x), dtype=jax.dtypes.float0)
+__all__ = ["Pullback", "grad", "value_and_grad", "vjp"]
 
 
 def vjp(fun: Callable, *primals: Any, has_aux: bool = False, reduce_axes: Sequence = ()):
@@ -58,46 +54,91 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False, reduce_axes: Sequen
     active = [interpreter.is_differentiable(a) for a in in_avals]
     outs, record = interpreter.forward(closed.jaxpr, list(closed.consts), leaves, active)
     out_leaves, aux_leaves = outs[: traced.num_out], outs[traced.num_out :]
-    out_avals = closed.out_avals[: traced.num_out]
-    num_aux = len(aux_leaves)
+    spec = _PullbackSpec(getattr(fun, "__name__", "fun"), in_tree, traced.out_tree,
+                         tuple(in_avals), tuple(closed.out_avals[: traced.num_out]),
+                         len(aux_leaves))
+    pullback = Pullback(record, spec)
+    primals_out = tree_unflatten(traced.out_tree, out_leaves)
+    if has_aux:
+        return primals_out, pullback, tree_unflatten(traced.aux_tree, aux_leaves)
+    return primals_out, pullback
 
-    def vjp_fn(ct: Any) -> tuple:
+
+class _PullbackSpec(NamedTuple):
+    """The static part of a pullback: structures and types of the inputs and outputs."""
+
+    name: str
+    in_tree: Any
+    out_tree: Any
+    in_avals: tuple
+    out_avals: tuple
+    num_aux: int
+
+
+class Pullback:
+    """The function :func:`vjp` returns: ``pullback(ct)`` runs funcbp's backward walk.
+
+    Like jax's, it is a pytree whose leaves are the forward values the backward reads, so it
+    can be returned from ``jax.jit``, passed through ``jax.tree.map``, or kept as a
+    ``custom_vjp`` residual; calling it afterwards walks the same record.
+    """
+
+    def __init__(self, record: interpreter.Record, spec: _PullbackSpec):
+        self.record = record
+        self.spec = spec
+        self.__name__ = f"vjp_{spec.name}"
+
+    def __repr__(self) -> str:
+        return f"<funcbp pullback of {self.spec.name}>"
+
+    def __call__(self, ct: Any) -> tuple:
+        spec = self.spec
         ct_leaves, ct_tree = tree_flatten(ct)
-        if ct_tree != traced.out_tree:
+        if ct_tree != spec.out_tree:
             raise ValueError(
                 "unexpected tree structure: the cotangent passed to the function returned by "
-                f"funcbp.vjp must match the structure of the output of "
-                f"{getattr(fun, '__name__', 'the function')}:\n  expected {traced.out_tree}\n"
-                f"  got      {ct_tree}")
-        cts_out = []
-        for i, (c, aval) in enumerate(zip(ct_leaves, out_avals, strict=True)):
-            if not interpreter.is_differentiable(aval):
-                cts_out.append(None)  # integer outputs take float0 cotangents; nothing flows
-                continue
-            c_shape, c_dtype = np.shape(c), jnp.result_type(c)
-            if c_shape != aval.shape or c_dtype != aval.dtype:
-                raise ValueError(
-                    f"unexpected cotangent for output {i}: got "
-                    f"{jnp.dtype(c_dtype).name}{list(c_shape)}, but the output is "
-                    f"{aval.dtype.name}{list(aval.shape)}")
-            cts_out.append(c)
-        cts_out += [None] * num_aux
-        cts_in = interpreter.backward(record, cts_out)
+                f"funcbp.vjp must match the structure of the output of {spec.name}:\n"
+                f"  expected {spec.out_tree}\n  got      {ct_tree}")
+        cts_out = [_cotangent(i, c, aval)
+                   for i, (c, aval) in enumerate(zip(ct_leaves, spec.out_avals, strict=True))]
+        cts_out += [None] * spec.num_aux
+        cts_in = interpreter.backward(self.record, cts_out)
         result = []
-        for x, aval, ct in zip(leaves, in_avals, cts_in, strict=True):
+        for aval, ct in zip(spec.in_avals, cts_in, strict=True):
             if not interpreter.is_differentiable(aval):
-                result.append(_float0_zeros(x))
+                result.append(np.zeros(aval.shape, dtype=jax.dtypes.float0))
             elif ct is None:
                 result.append(interpreter.zeros_like_aval(aval))
             else:
                 result.append(ct)
-        return tuple(tree_unflatten(in_tree, result))
+        return tuple(tree_unflatten(spec.in_tree, result))
 
-    vjp_fn.__name__ = f"vjp_{getattr(fun, '__name__', 'fun')}"
-    primals_out = tree_unflatten(traced.out_tree, out_leaves)
-    if has_aux:
-        return primals_out, vjp_fn, tree_unflatten(traced.aux_tree, aux_leaves)
-    return primals_out, vjp_fn
+
+def _flatten_pullback(p: Pullback):
+    arrays, static = interpreter.split_static(p.record)
+    return arrays, (static, p.spec)
+
+
+def _unflatten_pullback(aux, arrays) -> Pullback:
+    static, spec = aux
+    return Pullback(interpreter.join_static(list(arrays), static), spec)
+
+
+jax.tree_util.register_pytree_node(Pullback, _flatten_pullback, _unflatten_pullback)
+
+
+def _cotangent(i: int, c: Any, aval: Any) -> Any:
+    """Output ``i``'s cotangent checked against the output's type (None where none flows)."""
+    if not interpreter.is_differentiable(aval):
+        return None  # integer outputs take float0 cotangents; nothing flows
+    if isinstance(c, (int, float, complex)) and not isinstance(c, bool):
+        c = jnp.asarray(c, aval.dtype)  # a Python number, as jax accepts for a scalar output
+    c_shape, c_dtype = np.shape(c), jnp.result_type(c)
+    if c_shape != aval.shape or c_dtype != aval.dtype:
+        raise ValueError(
+            f"unexpected cotangent for output {i}: got {jnp.dtype(c_dtype).name}{list(c_shape)}, "
+            f"but the output is {aval.dtype.name}{list(aval.shape)}")
+    return c
 
 
 def _check_argnums(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:

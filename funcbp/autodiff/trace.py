@@ -41,7 +41,9 @@ def trace(fun: Callable, in_tree: PyTreeDef, leaves: list[Any], has_aux: bool,
 
     Closed-over tracers of outer transformations become the jaxpr's constants, so nesting
     (``funcbp.grad(funcbp.grad(f))``, ``jax.jit``, ``jax.vmap``) works: the walk binds the
-    equations under whatever trace is current.
+    equations under whatever trace is current. A function that branches in Python on its
+    inputs' values is traced with concrete values when the inputs are concrete (as
+    ``jax.grad`` allows); under ``jax.jit`` it raises jax's concretization error, as jax does.
     """
     store: dict[str, Any] = {}
 
@@ -62,5 +64,18 @@ def trace(fun: Callable, in_tree: PyTreeDef, leaves: list[Any], has_aux: bool,
         store["num_out"] = len(out_leaves)
         return [*out_leaves, *aux_leaves]
 
-    closed = jax.make_jaxpr(flat_fun)(*leaves)
+    try:
+        closed = jax.make_jaxpr(flat_fun)(*leaves)
+    except jax.errors.ConcretizationTypeError:
+        # Python control flow on an input's value (`if x < 2:`): like jax.grad, allowed when
+        # the inputs are concrete; the jaxpr then records the branch these values take.
+        from funcbp.autodiff.compat import is_concrete, trace_concrete
+
+        if not all(is_concrete(x) for x in leaves):
+            raise
+
+        closed = trace_concrete(flat_fun, leaves, api_name)
+    from funcbp.autodiff.rules.state import discharge  # mutable refs (jax.new_ref) -> values
+
+    closed = discharge(closed)
     return Traced(closed, store["out_tree"], store["aux_tree"], store["num_out"])

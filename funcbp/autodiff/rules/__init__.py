@@ -32,6 +32,7 @@ __all__ = [
     "FORWARD_RULES",
     "VJP_RULES",
     "UnsupportedPrimitiveError",
+    "ZERO_GRADIENT",
     "forward_rule",
     "register_vjp_rule",
     "rule_for",
@@ -51,6 +52,12 @@ RULE_MODULES: dict[Primitive, str] = {}
 #: map is the transpose of the real-linear JVP, see docs/autodiff.md). The walk refuses a
 #: complex value reaching any other rule instead of returning a wrong number.
 COMPLEX_RULES: set[Primitive] = set()
+#: primitives whose outputs never carry a gradient (stop_gradient, floor, sign...): the forward
+#: walk keeps their outputs inactive, so whatever depends only on them is never differentiated.
+ZERO_GRADIENT: set[Primitive] = set()
+#: primitive name -> why it has no rule and what to do instead (e.g. a callback: wrap it in
+#: jax.custom_vjp); the missing-rule error says this instead of "add a rule".
+NO_RULE_HINTS: dict[str, str] = {}
 
 
 class UnsupportedPrimitiveError(NotImplementedError):
@@ -124,15 +131,17 @@ _RULES_DIR = "funcbp/autodiff/rules"
 #: rule family -> the primitives (or name prefixes, ending in "*") whose rules live there.
 _FAMILIES: dict[str, tuple[str, ...]] = {
     "elementwise": ("reduce_precision",),
-    "conv": ("reduce_window*", "conv_general_dilated", "select_and*"),
-    "reductions": ("reduce_*", "cum*", "arg*", "sort", "top_k", "approx_top_k"),
+    "windows": ("reduce_window", "select_and*"),
+    "conv": ("reduce_window_*", "conv_general_dilated"),
+    "reductions": ("reduce", "reduce_*", "cum*", "arg*", "sort", "top_k", "approx_top_k"),
     "control": ("scan", "cond", "while"),
     "decompositions": ("lu", "lu_pivots_to_permutation", "triangular_solve", "cholesky*", "qr",
-                       "householder_product", "svd", "eig", "eigh", "schur", "hessenberg",
-                       "tridiagonal*", "custom_linear_solve"),
+                       "householder_product", "geqrf", "geqp3", "ormqr", "tridiagonal*",
+                       "custom_linear_solve", "symmetric_product"),
+    "spectral": ("svd", "eig", "eigh", "schur", "hessenberg"),
     "linalg": ("dot*", "ragged_dot*"),
     "fft": ("fft",),
-    "special": ("digamma", "polygamma", "igamma*", "igammac", "random_gamma_grad", "lgamma",
+    "special": ("digamma", "polygamma", "igamma*", "igammac", "random_gamma*", "lgamma",
                 "regularized_incomplete_beta", "bessel*", "zeta", "erf_inv"),
     "indexing": ("gather", "scatter*"),
     "collectives": ("psum*", "pmax", "pmin", "pmean", "all_gather*", "ppermute", "all_to_all",
@@ -162,7 +171,7 @@ def check_complex(primitive: Primitive, avals: Any, where: str | None = None) ->
         return
     for aval in avals:
         dtype = getattr(aval, "dtype", None)
-        if dtype is not None and dtype.kind == "c":
+        if dtype is not None and getattr(dtype, "kind", None) == "c":  # keys have no kind
             loc = f" ({where})" if where else ""
             raise UnsupportedPrimitiveError(
                 f"the VJP rule for '{primitive.name}' does not handle complex numbers{loc}: a "
@@ -178,6 +187,9 @@ def rule_for(primitive: Primitive, where: str | None = None) -> VjpRule:
     except KeyError:
         name = primitive.name
         loc = f" ({where})" if where else ""
+        if name in NO_RULE_HINTS:
+            raise UnsupportedPrimitiveError(
+                f"no VJP rule for '{name}'{loc}: {NO_RULE_HINTS[name]}") from None
         raise UnsupportedPrimitiveError(
             f"no VJP rule for '{name}'{loc}.\n"
             f"Add one in {_suggest_module(name)} with @vjp_rule(<the {name} primitive>), or "

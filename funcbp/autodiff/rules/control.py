@@ -35,8 +35,11 @@ from funcbp.autodiff.rules import UnsupportedPrimitiveError, register_vjp_rule
 __all__ = ["NonDifferentiableLoopError"]
 
 
-class NonDifferentiableLoopError(UnsupportedPrimitiveError):
-    """Reverse mode met a ``while_loop`` whose trip count depends on runtime values."""
+class NonDifferentiableLoopError(UnsupportedPrimitiveError, ValueError):
+    """Reverse mode met a ``while_loop`` whose trip count depends on runtime values.
+
+    A ``ValueError`` too, as jax's own error for the same case, so code catching jax's keeps
+    working."""
 
 
 def _interp():
@@ -56,47 +59,6 @@ class _Jaxpr(NamedTuple):
     invars: list
     outvars: list
     eqns: list
-
-
-def _needed_vars(jaxpr: Any, active: set) -> list:
-    """Variables the backward walk of ``jaxpr`` reads: in- and outputs of active equations."""
-    seen: dict = {}
-    for eqn in jaxpr.eqns:
-        if any(_is_var(v) and v in active for v in eqn.invars):
-            for v in (*eqn.invars, *eqn.outvars):
-                if _is_var(v):
-                    seen.setdefault(v, None)
-    return list(seen)
-
-
-_RECORD_IS_PYTREE = []
-
-
-def _register_record_pytree() -> None:
-    """Makes a forward ``Record`` a pytree of exactly the values its backward reads.
-
-    A scan stacks the records of nested calls (``jit``, an inner ``scan``) left in its body's
-    record; as a pytree they flatten to arrays (stacked) and static structure (kept once).
-    """
-    if _RECORD_IS_PYTREE:
-        return
-    _RECORD_IS_PYTREE.append(True)  # done on first use: the interpreter imports this package
-    record_cls = _interp().Record
-
-    def flatten(rec):
-        keep = tuple(v for v in _needed_vars(rec.jaxpr, rec.active) if v in rec.env)
-        return ([rec.env[v] for v in keep], rec.residuals), (rec.jaxpr, keep,
-                                                              frozenset(rec.active))
-
-    def unflatten(aux, children):
-        jaxpr, keep, active = aux
-        vals, residuals = children
-        return record_cls(jaxpr, dict(zip(keep, vals, strict=True)), set(active), residuals)
-
-    try:
-        jax.tree_util.register_pytree_node(record_cls, flatten, unflatten)
-    except ValueError:  # already registered (module reloaded)
-        pass
 
 
 # --- scan -------------------------------------------------------------------------------------
@@ -135,10 +97,10 @@ def _split_invariant(jaxpr: core.Jaxpr, num_consts: int) -> tuple[_Jaxpr, _Jaxpr
 
 def _propagate(eqns: list, active: set) -> set:
     """Static mirror of the forward walk's activity rule: float outputs of touched equations."""
-    is_diff = _interp().is_differentiable
+    interp = _interp()
     for eqn in eqns:
-        if any(_is_var(v) and v in active for v in eqn.invars):
-            active.update(v for v in eqn.outvars if is_diff(v.aval))
+        if any(_is_var(v) and v in active for v in eqn.invars) and interp.propagates(eqn):
+            active.update(v for v in eqn.outvars if interp.is_differentiable(v.aval))
     return active
 
 
@@ -159,7 +121,6 @@ def scan_forward(*args, needs, jaxpr, num_consts, num_carry, length, reverse, un
                  **params):
     """Runs the scan with funcbp's forward walk in its body, stacking what the backward reads."""
     interp = _interp()
-    _register_record_pytree()
     nc, nk = num_consts, num_carry
     consts, init, xs = args[:nc], list(args[nc:nc + nk]), list(args[nc + nk:])
     body = jaxpr.jaxpr
@@ -177,7 +138,7 @@ def scan_forward(*args, needs, jaxpr, num_consts, num_carry, length, reverse, un
 
     def step(carry, x):
         outs, rec = interp.forward(loop, [], [*head_vals, *carry, *x], flags)
-        needed = _needed_vars(loop, rec.active)
+        needed = interp.needed_vars(loop, rec.active)
         skip = set(hoisted) | set(xs_vars)
         info.kept = [v for v in needed if v not in skip]
         info.xs_needed = [i for i, v in enumerate(xs_vars) if v in set(needed)]
