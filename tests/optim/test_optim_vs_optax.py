@@ -277,11 +277,210 @@ CASES = [
 ]
 
 
+# The transforms behind AdamW, RMSProp, Adagrad, Lion and Adafactor, and the wrappers.
+CASES += [
+    (
+        "scale_by_adam_nesterov",
+        lambda: optim.scale_by_adam(b1=0.8, nesterov=True),
+        lambda: optax.scale_by_adam(b1=0.8, nesterov=True),
+    ),
+    ("ema", lambda: optim.ema(0.9), lambda: optax.ema(0.9)),
+    (
+        "scale_by_rms_torch_bc",
+        lambda: optim.scale_by_rms(0.99, 1e-6, 1.0, eps_in_sqrt=False, bias_correction=True),
+        lambda: optax.scale_by_rms(0.99, 1e-6, 1.0, eps_in_sqrt=False, bias_correction=True),
+    ),
+    (
+        "scale_by_stddev_bc",
+        lambda: optim.scale_by_stddev(0.8, 1e-6, eps_in_sqrt=False, bias_correction=True),
+        lambda: optax.scale_by_stddev(0.8, 1e-6, eps_in_sqrt=False, bias_correction=True),
+    ),
+    ("scale_by_rss", lambda: optim.scale_by_rss(), lambda: optax.scale_by_rss()),
+    ("scale_by_lion", lambda: optim.scale_by_lion(), lambda: optax.scale_by_lion()),
+    (
+        "factored_rms",
+        lambda: optim.scale_by_factored_rms(min_dim_size_to_factor=2),
+        lambda: optax.scale_by_factored_rms(min_dim_size_to_factor=2),
+    ),
+    (
+        "weight_decay_schedule",
+        lambda: optim.add_decayed_weights(inv_sqrt, MASK_PREFIX),
+        lambda: optax.add_decayed_weights(inv_sqrt, MASK_PREFIX),
+    ),
+    (
+        "masked_adam_fn",
+        lambda: optim.masked(optim.adam(1e-2), MASK_FN),
+        lambda: optax.masked(optax.adam(1e-2), MASK_FN),
+    ),
+    (
+        "monitor_before_clip",
+        lambda: optim.chain(
+            optim.monitor_global_norm(), optim.clip_by_global_norm(1.0), optim.sgd(0.1, 0.9)
+        ),
+        lambda: optax.chain(
+            optax.snapshot("grad_norm", optax.tree.norm),
+            optax.clip_by_global_norm(1.0),
+            optax.sgd(0.1, 0.9),
+        ),
+    ),
+    (
+        "inject_adamw_schedules",
+        lambda: optim.inject_hyperparams(optim.adamw)(inv_sqrt, b1=lambda t: 0.9 - 0.5 / (t + 1)),
+        lambda: optax.inject_hyperparams(optax.adamw)(inv_sqrt, b1=lambda t: 0.9 - 0.5 / (t + 1)),
+    ),
+]
+
+# Compiled only: the aliases (chains of parts that also run eager above), other options of
+# those parts, and the wrappers' variants.
+JIT_ONLY_CASES = [
+    (
+        "scale_by_lion_smooth",
+        lambda: optim.scale_by_lion(0.5, 0.9, mode="smooth", smooth_beta=3.0),
+        lambda: optax.scale_by_lion(0.5, 0.9, mode="smooth", smooth_beta=3.0),
+    ),
+    (
+        "scale_by_lion_refined",
+        lambda: optim.scale_by_lion(mode="refined"),
+        lambda: optax.scale_by_lion(mode="refined"),
+    ),
+    (
+        "factored_rms_offset",
+        lambda: optim.scale_by_factored_rms(decay_rate=0.6, step_offset=-3, epsilon=1e-20),
+        lambda: optax.scale_by_factored_rms(decay_rate=0.6, step_offset=-3, epsilon=1e-20),
+    ),
+    (
+        "clip_by_block_rms",
+        lambda: optim.clip_by_block_rms(0.5),
+        lambda: optax.clip_by_block_rms(0.5),
+    ),
+    (
+        "param_block_rms",
+        lambda: optim.scale_by_param_block_rms(0.5),
+        lambda: optax.scale_by_param_block_rms(0.5),
+    ),
+    (
+        "masked_trace_prefix",
+        lambda: optim.masked(optim.trace(0.9), MASK_PREFIX),
+        lambda: optax.masked(optax.trace(0.9), MASK_PREFIX),
+    ),
+    (
+        "snapshot",
+        lambda: optim.snapshot("max", lambda u: jax.tree.map(jnp.max, u)),
+        lambda: optax.snapshot("max", lambda u: jax.tree.map(jnp.max, u)),
+    ),
+    (
+        "inject_sgd",
+        lambda: optim.inject_hyperparams(optim.sgd)(0.05, momentum=0.9, nesterov=True),
+        lambda: optax.inject_hyperparams(optax.sgd)(0.05, momentum=0.9, nesterov=True),
+    ),
+    ("adam_nesterov", lambda: optim.adam(1e-2, nesterov=True), lambda: optax.nadam(1e-2)),
+    ("adamw", lambda: optim.adamw(1e-2), lambda: optax.adamw(1e-2)),
+    (
+        "adamw_schedules_mask",
+        lambda: optim.adamw(inv_sqrt, 0.8, 0.99, weight_decay=lambda t: 1e-3 * t, mask=MASK_FN),
+        lambda: optax.adamw(inv_sqrt, 0.8, 0.99, weight_decay=lambda t: 1e-3 * t, mask=MASK_FN),
+    ),
+    (
+        "nadamw_mask_prefix",
+        lambda: optim.adamw(1e-2, weight_decay=0.1, mask=MASK_PREFIX, nesterov=True),
+        lambda: optax.nadamw(1e-2, weight_decay=0.1, mask=MASK_PREFIX),
+    ),
+    ("rmsprop", lambda: optim.rmsprop(1e-2), lambda: optax.rmsprop(1e-2)),
+    (
+        "rmsprop_momentum",
+        lambda: optim.rmsprop(1e-2, 0.95, momentum=0.9),
+        lambda: optax.rmsprop(1e-2, 0.95, momentum=0.9),
+    ),
+    (
+        "rmsprop_centered",
+        lambda: optim.rmsprop(1e-2, centered=True),
+        lambda: optax.rmsprop(1e-2, centered=True),
+    ),
+    (
+        "rmsprop_centered_nesterov_bc",
+        lambda: optim.rmsprop(
+            inv_sqrt, centered=True, momentum=0.8, nesterov=True, bias_correction=True
+        ),
+        lambda: optax.rmsprop(
+            inv_sqrt, centered=True, momentum=0.8, nesterov=True, bias_correction=True
+        ),
+    ),
+    (
+        "rmsprop_torch",
+        lambda: optim.rmsprop(1e-2, 0.99, eps=1e-8, eps_in_sqrt=False, initial_scale=1.0),
+        lambda: optax.rmsprop(1e-2, 0.99, eps=1e-8, eps_in_sqrt=False, initial_scale=1.0),
+    ),
+    ("adagrad", lambda: optim.adagrad(0.1), lambda: optax.adagrad(0.1)),
+    (
+        "adagrad_schedule",
+        lambda: optim.adagrad(inv_sqrt, initial_accumulator_value=0.0, eps=1e-10),
+        lambda: optax.adagrad(inv_sqrt, initial_accumulator_value=0.0, eps=1e-10),
+    ),
+    ("lion", lambda: optim.lion(1e-3), lambda: optax.lion(1e-3)),
+    (
+        "lion_schedules_mask",
+        lambda: optim.lion(inv_sqrt, 0.95, 0.98, weight_decay=lambda t: 1e-2, mask=MASK_PREFIX),
+        lambda: optax.lion(inv_sqrt, 0.95, 0.98, weight_decay=lambda t: 1e-2, mask=MASK_PREFIX),
+    ),
+    ("adafactor", lambda: optim.adafactor(), lambda: optax.adafactor()),
+    (
+        "adafactor_factored",
+        lambda: optim.adafactor(1e-2, min_dim_size_to_factor=2),
+        lambda: optax.adafactor(1e-2, min_dim_size_to_factor=2),
+    ),
+    (
+        "adafactor_all_options",
+        lambda: optim.adafactor(
+            inv_sqrt,
+            min_dim_size_to_factor=3,
+            decay_offset=-1,
+            momentum=0.9,
+            dtype_momentum=jnp.float32,
+            weight_decay_rate=lambda t: 1e-3 * (t + 1),
+            weight_decay_mask=MASK_FN,
+            clipping_threshold=2.0,
+        ),
+        lambda: optax.adafactor(
+            inv_sqrt,
+            min_dim_size_to_factor=3,
+            decay_offset=-1,
+            momentum=0.9,
+            dtype_momentum=jnp.float32,
+            weight_decay_rate=lambda t: 1e-3 * (t + 1),
+            weight_decay_mask=MASK_FN,
+            clipping_threshold=2.0,
+        ),
+    ),
+    (
+        "adafactor_bare",
+        lambda: optim.adafactor(
+            1e-2, multiply_by_parameter_scale=False, clipping_threshold=None, factored=False
+        ),
+        lambda: optax.adafactor(
+            1e-2, multiply_by_parameter_scale=False, clipping_threshold=None, factored=False
+        ),
+    ),
+    (
+        "inject_adafactor",
+        lambda: optim.inject_hyperparams(optim.adafactor, static_args="min_dim_size_to_factor")(
+            inv_sqrt, min_dim_size_to_factor=2
+        ),
+        lambda: optax.inject_hyperparams(optax.adafactor, static_args="min_dim_size_to_factor")(
+            inv_sqrt, min_dim_size_to_factor=2
+        ),
+    ),
+    (
+        "from_name_rmsprop_inject",
+        lambda: optim.from_name("RMSProp", 1e-2, inject=True, centered=True, momentum=0.9),
+        lambda: optax.inject_hyperparams(optax.rmsprop)(1e-2, centered=True, momentum=0.9),
+    ),
+]
+
 # optax's MultiSteps runs a lax.cond, compiled anew on every eager step (seconds): jit only.
-EAGER_TOO_SLOW = {"ours_in_optax_multisteps"}
+EAGER_TOO_SLOW = {"ours_in_optax_multisteps"} | {name for name, *_ in JIT_ONLY_CASES}
 RUNS = [
     pytest.param(seed, ours, ref, jit, id=f"{name}-{'jit' if jit else 'eager'}")
-    for seed, (name, ours, ref) in enumerate(CASES)
+    for seed, (name, ours, ref) in enumerate(CASES + JIT_ONLY_CASES)
     for jit in (False, True)
     if jit or name not in EAGER_TOO_SLOW
 ]
