@@ -211,7 +211,7 @@ def location(eqn: core.JaxprEqn) -> str:
         return here
     inside = " in ".join(f"{f.primitive}" + (f" [{f.detail}]" if f.detail else "")
                          for f in reversed(frames))
-    return f"{here}, inside {inside} called at {frames[0].where}"
+    return f"{here + ', ' if here else ''}inside {inside} called at {frames[0].where}"
 
 
 # --- forward ---------------------------------------------------------------------------------
