@@ -1,10 +1,16 @@
 """Gradient transformations and schedules with optax's interface and numerics.
 
-Every optimiser is a `GradientTransformation(init, update)`: the same `NamedTuple` shape as
-`optax.GradientTransformation`, so funcbp's and optax's transformations mix freely in
-either library's `chain`. States are `NamedTuple`s of arrays (pytrees), ready for
-`jax.jit`, `jax.tree_util` and checkpoints. See docs/optim.md for every update formula
-and for porting `torch.optim.SGD` recipes (`torch_sgd`).
+Every optimiser is a `GradientTransformation(init, update)`, a subclass of
+`optax.GradientTransformation` (chains and aliases: of `optax.GradientTransformationExtraArgs`),
+so funcbp's and optax's transformations mix freely in either library's `chain` and pass
+optax's type checks. States are `NamedTuple`s of arrays (pytrees) with optax's field names,
+ready for `jax.jit`, `jax.tree_util` and checkpoints.
+
+Optimisers: `sgd`, `momentum`, `nesterov`, `adam`, `adamw`, `rmsprop`, `adagrad`, `lion`,
+`adafactor`, `torch_sgd`, or any of them by name with `from_name`. Wrappers: `chain`,
+`masked`, `inject_hyperparams`, `skip_nonfinite`, `accumulate`; `monitor_global_norm` records
+the gradient norm before clipping. See docs/optim.md for every update formula and for
+porting `torch.optim.SGD` recipes (`torch_sgd`).
 
 Examples:
     >>> import jax.numpy as jnp

@@ -31,8 +31,15 @@ from funcbp.optim.base import (
 Mask = Any | Callable[[Any], Any]
 
 
+def _is_mask_fn(mask: Mask) -> bool:
+    """A function `params -> mask`, as opposed to a mask tree that happens to be callable
+    (an equinox module of booleans): optax's rule, every leaf of `mask` is callable."""
+    leaves = jax.tree.leaves(mask)
+    return bool(leaves) and all(callable(leaf) for leaf in leaves)
+
+
 def _resolve_mask(mask: Mask, params: Any) -> Any:
-    mask_tree = mask(params) if callable(mask) else mask
+    mask_tree = mask(params) if _is_mask_fn(mask) else mask
     try:
         jax.tree.map(lambda m, p: None, mask_tree, params)
     except ValueError as e:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import optax
 
 from funcbp.optim.base import (
     GradientTransformation,
@@ -29,8 +30,11 @@ class MaskedState(NamedTuple):
     inner_state: Any
 
 
-class MaskedNode(NamedTuple):
-    """Stands in for a leaf (or subtree) the mask leaves out; it has no leaves itself."""
+# optax's own sentinel (an empty NamedTuple), so that masked states have exactly optax's tree
+# structure and optax's utilities that look for it (`is_leaf=lambda v: isinstance(v,
+# optax.MaskedNode)`) work on funcbp's states too.
+MaskedNode = optax.MaskedNode
+"""Stands in for a leaf (or subtree) the mask leaves out; it has no leaves itself."""
 
 
 def _static_bool(m: Any) -> bool:
@@ -61,7 +65,8 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationE
         mask: a tree of Python booleans with the params' structure or a prefix of it
             (`{"dense_0": {"w": True, "b": False}, "norm": False}`), or a function
             `tree -> such a tree`, called on the params in `init` and on the updates in
-            `update` (as optax does).
+            `update` (as optax does). A mask whose leaves are all callables is a function;
+            a callable pytree of booleans (an equinox module) is a tree.
 
     Returns:
         A `GradientTransformationExtraArgs` with state `MaskedState(inner_state)`.
@@ -86,6 +91,10 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationE
     inner = with_extra_args_support(inner)
 
     def init(params):
+        if not jax.tree.leaves(params):
+            # Nothing to mask: e.g. optax.tree.map_params initialises with an empty
+            # placeholder tree to find where the params sit in the state.
+            return MaskedState(inner_state=inner.init(params))
         mask_tree = _resolve_mask(mask, params)
         return MaskedState(inner_state=inner.init(_mask_tree(params, mask_tree)))
 

@@ -401,3 +401,44 @@ def test_masked_refuses_array_masks_and_bad_structures():
         optim.masked(optim.trace(0.9), {"w": jnp.array([True, False]), "b": True}).init(params)
     with pytest.raises(ValueError, match="mask must be a tree of booleans"):
         optim.masked(optim.trace(0.9), {"w": True}).init(params)
+
+
+def test_masked_state_has_optaxs_structure_and_works_with_map_params():
+    """optax _masking_test test_masked_state_structure and its tree_map_params subtests."""
+    params = {"a": [jnp.ones(1), (jnp.ones(2), jnp.ones(3))], "b": {"c": jnp.ones(4)}}
+    mask = {"a": [True, (True, False)], "b": False}
+    state = optim.masked(optim.trace(0.9), mask).init(params)
+    ref = optax.masked(optax.trace(0.9), mask).init(params)
+    assert jax.tree.structure(state.inner_state.trace) == jax.tree.structure(ref.inner_state.trace)
+    tx = optim.masked(optim.trace(0.9), mask)
+    mapped = optax.tree.map_params(tx, lambda v: v + 1, state)
+    np.testing.assert_array_equal(mapped.inner_state.trace["a"][0], jnp.ones(1))
+
+
+@jax.tree_util.register_pytree_node_class
+class _CallableMask:
+    """A callable pytree of booleans, like an equinox module used as a mask."""
+
+    def __init__(self, w, b):
+        self.w, self.b = w, b
+
+    def __call__(self, x):
+        raise AssertionError("a mask tree must not be called")
+
+    def tree_flatten(self):
+        return (self.w, self.b), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(*children)
+
+
+def test_callable_pytree_mask_is_a_tree_not_a_function():
+    """optax _masking_test test_mask_compatible_callable_pytree."""
+    params = _CallableMask(jnp.ones(2), jnp.ones(2))
+    for tx in (
+        optim.masked(optim.scale(-1.0), _CallableMask(True, False)),
+        optim.add_decayed_weights(1.0, mask=_CallableMask(True, False)),
+    ):
+        u, _ = tx.update(params, tx.init(params), params)
+        assert float(jnp.abs(u.w - u.b).sum()) > 0  # w changed, b passed through
