@@ -42,8 +42,10 @@ __all__ = [
     "Hooks",
     "Record",
     "UnsupportedPrimitiveError",
+    "Carrier",
     "apply_rule",
     "backward",
+    "carrier",
     "forward",
     "frame",
     "hooks",
@@ -277,12 +279,17 @@ def backward(record: Record, cts_out: list[Any], observer: Any = None) -> list[A
     ``observer``, if given, is called as ``observer(eqn, cts_out, cts_in)`` after each rule is
     applied (``cts_in`` with None where no cotangent flows); ``funcbp.explain`` uses it. The
     installed :class:`Hooks` see every rule application of this walk and of nested ones.
+
+    What travels is the installed :class:`Carrier`'s business (:func:`carrier`): by default the
+    plain cotangent and the VJP rule; ``funcbp.quantities`` installs one whose values carry
+    extra columns and per-example axes (``funcbp/autodiff/extend``).
     """
     jaxpr, env, active = record.jaxpr, record.env, record.active
     installed = _HOOKS.get()
+    walk = (_CARRIER.get() or _PLAIN).begin(record)
     cotangents: dict[Any, Any] = {}
     for v, ct in zip(jaxpr.outvars, cts_out, strict=True):
-        accumulate(cotangents, active, v, ct, "the function's output")
+        walk.accumulate(cotangents, active, v, ct, "the function's output")
     for i in range(len(jaxpr.eqns) - 1, -1, -1):
         eqn = jaxpr.eqns[i]
         cts = [cotangents.pop(v, None) for v in eqn.outvars]
@@ -291,13 +298,13 @@ def backward(record: Record, cts_out: list[Any], observer: Any = None) -> list[A
         invals = [_read(env, v) for v in eqn.invars]
         outs = [env[v] for v in eqn.outvars]
         needs = tuple(_is_var(v) and v in active for v in eqn.invars)
-        cts_in = apply_rule(eqn, cts, invals, outs, needs, record.residuals.get(i))
+        cts_in = walk.apply(i, eqn, cts, invals, outs, needs, record.residuals.get(i))
         computed = []
         for v, ct, need in zip(eqn.invars, cts_in, needs, strict=True):
             if need and ct is not None:
                 if callable(ct):
                     ct = ct()  # rules may defer work that only some inputs need
-                accumulate(cotangents, active, v, ct, f"the '{eqn.primitive.name}' rule")
+                walk.accumulate(cotangents, active, v, ct, f"the '{eqn.primitive.name}' rule")
             computed.append(ct if need and not callable(ct) else None)
         if observer is not None:
             observer(eqn, cts, computed)
@@ -327,6 +334,50 @@ def apply_rule(eqn: core.JaxprEqn, cts: list, invals: list, outs: list, needs: t
             f"the VJP rule for '{eqn.primitive.name}' returned {len(cts_in)} cotangents "
             f"for {len(eqn.invars)} inputs; a rule returns one per input (None for none)")
     return cts_in
+
+
+# --- what travels: the carrier ----------------------------------------------------------------
+
+class Carrier:
+    """What travels backward along the walk, and how each equation moves it.
+
+    ``begin(record)`` is called once per walk (nested walks of jit, scan, remat... too) and
+    returns the object whose ``apply(i, eqn, cts, invals, outs, needs, residuals)`` computes the
+    input "cotangents" of equation ``i`` from its output ones, and whose
+    ``accumulate(cotangents, active, var, ct, source)`` adds one into a variable's total. The
+    plain carrier (the default) moves cotangents with the VJP rules; another carrier can move
+    richer values (extra columns, per-example axes) through the same loop, falling back to
+    :func:`apply_rule` where it has nothing to add.
+    """
+
+    def begin(self, record: Record) -> Any:
+        return self
+
+    def apply(self, i: int, eqn: core.JaxprEqn, cts: list, invals: list, outs: list,
+              needs: tuple, residuals: Any) -> tuple:
+        return apply_rule(eqn, cts, invals, outs, needs, residuals)
+
+    def accumulate(self, cotangents: dict, active: set, v: Any, ct: Any, source: str) -> None:
+        accumulate(cotangents, active, v, ct, source)
+
+
+_PLAIN = Carrier()
+_CARRIER: contextvars.ContextVar[Carrier | None] = contextvars.ContextVar(
+    "funcbp_walk_carrier", default=None)
+
+
+@contextlib.contextmanager
+def carrier(c: Carrier | None) -> Iterator[None]:
+    """Makes ``c`` carry every backward walk started inside the block (None: the plain one).
+
+    A carrier that applies an ordinary VJP rule whose own walks must stay plain (a scan's body,
+    a custom_jvp's JVP) wraps that call in ``carrier(None)``.
+    """
+    token = _CARRIER.set(c)
+    try:
+        yield
+    finally:
+        _CARRIER.reset(token)
 
 
 def accumulate(cotangents: dict, active: set, v: Any, ct: Any, source: str) -> None:
