@@ -1,4 +1,4 @@
-"""The ``funcbp`` command: ``funcbp train`` (more subcommands register in ``COMMANDS``).
+"""The ``funcbp`` command: ``funcbp train``, ``funcbp check``, ``funcbp bench``.
 
 ``funcbp train`` with no arguments trains the default CNN on the embedded digits and prints
 the test accuracy as its last line. A new subcommand adds one entry to :data:`COMMANDS`:
@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import sys
+import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from funcbp.train import DATASETS, SCHEDULES, TrainConfig, model_names
+    from funcbp.train import DATASETS, RESUME_SAFE_FIELDS, SCHEDULES, TrainConfig, model_names
 
     d = TrainConfig()
     g = p.add_argument_group("data")
@@ -55,7 +58,13 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--run-dir", help="run directory (default runs/<time>-<data>-<model>)")
     g.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue the run in RUN_DIR from its latest checkpoint, with its config")
+                   help="continue the run in RUN_DIR from its latest checkpoint, with the config "
+                        "saved in it")
+    g.add_argument("--allow-config-change", metavar="FIELD", action="append", default=[],
+                   help="with --resume: let FIELD differ from the checkpoint's config (given as "
+                        "an option or edited in config.json); repeatable; only fields that "
+                        "change neither data, model nor optimisation: "
+                        + ", ".join(RESUME_SAFE_FIELDS))
     g.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     g.add_argument("--grad-flow", action=argparse.BooleanOptionalAction,
                    help="log per-layer gradient norms each epoch and plot them")
@@ -76,7 +85,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from funcbp.train import CheckpointError, NonFiniteError, TrainConfig, fit, parallel, resume
+    from funcbp.train import TrainConfig, fit, parallel, resume
 
     try:
         if args.distributed and not args.coordinator:
@@ -91,22 +100,32 @@ def _run_train(args: argparse.Namespace) -> int:
         return 2
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    try:
-        if args.resume:
-            extra = sorted(set(given) | ({"run_dir"} if args.run_dir else set()))
-            if extra:
-                flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-                print(f"funcbp train: --resume continues with the run's saved config.json; "
-                      f"drop {flags}", file=sys.stderr)
-                return 2
-            resume(args.resume, quiet=args.quiet)
-        else:
-            fit(TrainConfig(**given), run_dir=args.run_dir, quiet=args.quiet)
-    except (NonFiniteError, CheckpointError, FileExistsError, FileNotFoundError,
-            ValueError) as err:
-        print(f"funcbp train: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    if args.allow_config_change and not args.resume:
+        print("funcbp train: --allow-config-change only applies with --resume RUN_DIR",
+              file=sys.stderr)
+        return 2
+    if args.resume and args.run_dir:
+        print("funcbp train: --resume RUN_DIR continues that directory; drop --run-dir",
+              file=sys.stderr)
+        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            if args.resume:
+                resume(args.resume, quiet=args.quiet,
+                       allow_config_change=args.allow_config_change, **given)
+            else:
+                fit(TrainConfig(**given), run_dir=args.run_dir, quiet=args.quiet)
+        except (ValueError, OSError, FloatingPointError) as err:
+            # Every expected failure (bad option, bad or damaged run directory, a run already
+            # there, NaN, bad labels) names the file or field and what to do: no traceback.
+            print(f"funcbp train: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"funcbp train: warning: {message}", file=sys.stderr)
 
 
 def _add_check_arguments(p: argparse.ArgumentParser) -> None:
@@ -121,12 +140,52 @@ def _run_check(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="...",
+                   help="options of the benchmark suite, e.g. --quick, --case NAME, --no-torch "
+                        "(funcbp bench -- --help lists them)")
+
+
+def _benchmarks_main() -> Callable | None:
+    """``benchmarks.__main__.main`` of a source checkout, or None when there is none."""
+    candidates = [Path.cwd(), Path(__file__).resolve().parents[1]]
+    for root in candidates:
+        if (root / "benchmarks" / "__main__.py").is_file():
+            if str(root) not in sys.path:
+                sys.path.insert(0, str(root))
+            break
+    try:
+        return importlib.import_module("benchmarks.__main__").main
+    except ImportError:
+        return None
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    main = _benchmarks_main()
+    if main is None:
+        print("funcbp bench: the benchmark suite is not installed with the package; it runs "
+              "from a source checkout: git clone the funcbp repository, then `make bench` "
+              "(or `funcbp bench` inside the checkout)", file=sys.stderr)
+        return 2
+    argv = list(args.bench_args)
+    if argv[:1] == ["--"]:
+        argv = argv[1:]
+    try:
+        main(argv)
+    except SystemExit as exit_:  # argparse's --help and usage errors
+        return exit_.code if isinstance(exit_.code, int) else 1
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable, Callable[[argparse.Namespace], int], str]] = {
     "train": (_add_train_arguments, _run_train,
               "train a model (default: a CNN on the embedded digits)"),
     "check": (_add_check_arguments, _run_check,
               "verify every VJP rule, or a function of yours (MODULE:FUNCTION), against jax "
               "and finite differences"),
+    "bench": (_add_bench_arguments, _run_bench,
+              "run the benchmark suite against jax.grad and PyTorch (python -m benchmarks; "
+              "from a source checkout)"),
 }
 
 

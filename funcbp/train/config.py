@@ -8,22 +8,27 @@ run directory; ``load_data`` and ``make_optimizer`` turn it into arrays and a
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 import funcbp
 from funcbp import data as fdata
-from funcbp import optim
+from funcbp import losses, optim
 
 __all__ = [
     "DATASETS",
+    "RESUME_SAFE_FIELDS",
+    "ConfigChangeError",
     "DataSplits",
     "GRAD_FNS",
     "SCHEDULES",
     "TrainConfig",
+    "config_changes",
     "load_data",
     "make_optimizer",
 ]
@@ -32,6 +37,24 @@ DATASETS = ("digits", "mnist", "fashion_mnist")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "step")
 GRAD_FNS: dict[str, Callable] = {"funcbp": funcbp.value_and_grad, "jax": jax.value_and_grad}
 _DEFAULT_MODEL = {"digits": "digits_cnn", "mnist": "cnn", "fashion_mnist": "cnn"}
+NUM_CLASSES = 10  # every built-in data set has ten classes
+
+#: Fields a resumed run may change (with ``allow_config_change``): they change neither the
+#: data, nor the model, nor the optimisation of the epochs already trained. ``epochs`` does
+#: stretch a decaying schedule over the new length from the next epoch on.
+RESUME_SAFE_FIELDS = ("data_dir", "devices", "epochs", "eval_batch_size", "grad", "grad_flow",
+                      "patience", "shard_params")
+
+#: Usual learning-rate ranges; a value outside gets a warning (it is allowed: lr=0 is a
+#: legitimate probe), ten times beyond them anyway.
+_LR_RANGE = {"sgd": (1e-5, 10.0), "adam": (1e-6, 1.0)}
+
+
+class ConfigChangeError(ValueError):
+    """A resumed run's config differs from the one its checkpoint was trained with.
+
+    The message names every differing field with both values and says which may change.
+    """
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -50,7 +73,7 @@ class TrainConfig:
       batch_size: examples per training step (the remainder of an epoch is dropped).
       optimizer: ``"sgd"`` or ``"adam"``.
       lr: peak learning rate.
-      momentum: SGD momentum (0 for none).
+      momentum: SGD momentum in ``[0, 1)`` (0 for none).
       nesterov: Nesterov momentum for SGD.
       schedule: ``"constant"``, ``"cosine"`` (to 0 over the run), ``"warmup_cosine"`` (one
         epoch of linear warm-up, then cosine) or ``"step"`` (x0.1 at 50% and 75% of the run).
@@ -68,7 +91,7 @@ class TrainConfig:
       test_fraction: fraction of the digits held out for the test (the IDX sets have their
         own test split).
       patience: stop when the validation loss has not improved for this many epochs (None or
-        0: never).
+        0: never); needs a validation split (``val_fraction > 0``).
       grad: ``"funcbp"`` (funcbp's own autodiff) or ``"jax"`` (jax.value_and_grad, reference).
       eval_batch_size: batch size for evaluation.
       devices: train data-parallel on a mesh of this many devices (None: one device, or every
@@ -113,10 +136,31 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field and what it accepts."""
+        """Raise ``ValueError`` naming the first bad field and what it accepts.
+
+        Also warns (``UserWarning``) for a learning rate far outside the optimiser's usual
+        range, e.g. Adam with ``lr=1e6``.
+        """
         def bad(field, value, want):
             raise ValueError(f"TrainConfig.{field}={value!r}: {want}")
 
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), str(f.type)
+            optional = "None" in kind
+            if value is None:
+                if not optional:
+                    bad(f.name, value, "must be set")
+                continue
+            is_bool, is_int = isinstance(value, bool), isinstance(value, int)
+            if kind.startswith("bool") and not is_bool:
+                bad(f.name, value, "must be true or false")
+            if kind.startswith("int") and (is_bool or not is_int):
+                bad(f.name, value, "must be an integer")
+            if kind.startswith("float") and (is_bool or not isinstance(value, (int, float))
+                                             or not math.isfinite(value)):
+                bad(f.name, value, "must be a finite number")
+            if kind.startswith("str") and not isinstance(value, str):
+                bad(f.name, value, "must be a string")
         if self.data not in DATASETS:
             bad("data", self.data, f"choose one of {', '.join(DATASETS)}")
         if self.optimizer not in ("sgd", "adam"):
@@ -126,11 +170,14 @@ class TrainConfig:
         if self.grad not in GRAD_FNS:
             bad("grad", self.grad, "choose 'funcbp' or 'jax'")
         for field in ("epochs", "batch_size", "eval_batch_size"):
-            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+            if getattr(self, field) < 1:
                 bad(field, getattr(self, field), "must be a positive integer")
-        for field in ("lr", "momentum", "l1", "l2"):
+        for field in ("lr", "l1", "l2"):
             if not getattr(self, field) >= 0:
                 bad(field, getattr(self, field), "must be >= 0")
+        if not 0 <= self.momentum < 1:
+            bad("momentum", self.momentum, "must be in [0, 1) (0.9 is usual; 1 or more makes "
+                "the updates grow without bound)")
         for field in ("clip_norm", "clip_value"):
             value = getattr(self, field)
             if value is not None and not value > 0:
@@ -140,25 +187,83 @@ class TrainConfig:
         if not 0 < self.test_fraction < 1 or self.val_fraction + self.test_fraction >= 1:
             bad("test_fraction", self.test_fraction,
                 "must be in (0, 1) and leave data for training with val_fraction")
-        if self.devices is not None and (not isinstance(self.devices, int) or self.devices < 1):
+        if self.patience is not None and self.patience < 0:
+            bad("patience", self.patience, "must be >= 0 (or None: no early stopping)")
+        if self.patience and not self.val_fraction:
+            bad("patience", self.patience, "early stopping watches the validation loss, but "
+                "val_fraction is 0: set val_fraction > 0, or drop patience")
+        if self.devices is not None and self.devices < 1:
             bad("devices", self.devices, "must be a positive integer (or None)")
         if self.devices is not None and self.batch_size % self.devices:
             bad("batch_size", self.batch_size,
                 f"the global batch must be divisible by devices={self.devices}; use a multiple "
                 f"of {self.devices}")
-        if not isinstance(self.max_shift, int) or self.max_shift < 0:
+        if self.max_shift < 0:
             bad("max_shift", self.max_shift, "must be a non-negative integer")
+        low, high = _LR_RANGE[self.optimizer]
+        if self.lr and not low / 10 <= self.lr <= high * 10:
+            warnings.warn(f"TrainConfig.lr={self.lr:g} is far outside the usual range of "
+                          f"{self.optimizer} ({low:g} to {high:g}); training will likely "
+                          "diverge or not move", UserWarning, stacklevel=3)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, values: dict) -> TrainConfig:
+        """The config of a ``config.json`` dict; unknown fields and bad values raise."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a TrainConfig is a JSON object, got {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown TrainConfig fields {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """``{field: (saved value, current value)}`` for every field that differs.
+
+    Examples:
+      >>> from funcbp.train import TrainConfig, config_changes
+      >>> a = TrainConfig(epochs=3).to_json()
+      >>> config_changes(a, {**a, "epochs": 5, "split_seed": 1})
+      {'epochs': (3, 5), 'split_seed': (0, 1)}
+    """
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    return {name: (saved.get(name), current.get(name)) for name in fields
+            if saved.get(name) != current.get(name)}
+
+
+def check_config_changes(changes: dict[str, tuple[Any, Any]], allowed: Any, source: str,
+                         truth: str) -> None:
+    """Refuse ``changes`` unless each is a field of :data:`RESUME_SAFE_FIELDS` in ``allowed``.
+
+    Raises:
+      ConfigChangeError: naming every refused field, both values, and what to do.
+    """
+    allowed = set(allowed)
+    unknown = sorted(allowed - set(RESUME_SAFE_FIELDS))
+    if unknown:
+        raise ConfigChangeError(f"allow_config_change {unknown}: only "
+                                f"{', '.join(RESUME_SAFE_FIELDS)} may change when resuming")
+    text = lambda names: ", ".join(f"{n} ({changes[n][0]!r} -> {changes[n][1]!r})"
+                                   for n in names)
+    unsafe = [n for n in changes if n not in RESUME_SAFE_FIELDS]
+    if unsafe:
+        raise ConfigChangeError(
+            f"{source} differs from the config saved in {truth} in {text(unsafe)}: "
+            "these change the data, the model or the optimisation, so the resumed run would "
+            "not continue the run that was started. Restore the saved values (deleting "
+            "config.json restores it from the checkpoint), or start a new run. Only "
+            f"{', '.join(RESUME_SAFE_FIELDS)} may change on resume")
+    not_allowed = [n for n in changes if n not in allowed]
+    if not_allowed:
+        flags = " ".join(f"--allow-config-change {n}" for n in not_allowed)
+        raise ConfigChangeError(
+            f"{source} differs from the config saved in {truth} in {text(not_allowed)}; to "
+            f"continue with the new value, say so: {flags} (allow_config_change="
+            f"{not_allowed!r}); otherwise restore the saved value")
+
 
 class DataSplits(NamedTuple):
     """Train, validation (or None) and test splits as ``(images, labels)`` numpy pairs."""
@@ -175,7 +280,19 @@ def load_data(config: TrainConfig) -> DataSplits:
     The digits are split stratified into train / validation / test by ``split_seed``; MNIST and
     Fashion-MNIST keep their official test split and hold ``val_fraction`` of the training
     images out for validation.
+
+    Raises:
+      funcbp.losses.LabelRangeError: a label of any split is outside ``[0, 10)``, before any
+        training (the message names the split and counts the labels).
     """
+    splits = _load_splits(config)
+    for name, split in zip(DataSplits._fields, splits, strict=True):
+        if split is not None:
+            losses.check_labels(split[1], NUM_CLASSES, f"{config.data} {name} labels")
+    return splits
+
+
+def _load_splits(config: TrainConfig) -> DataSplits:
     key = jax.random.key(config.split_seed)
     v, t = config.val_fraction, config.test_fraction
     if config.data == "digits":

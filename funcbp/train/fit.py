@@ -4,7 +4,8 @@
 writes a run directory::
 
     runs/<timestamp>-<data>-<model>/
-      config.json          the full TrainConfig (what --resume reads back)
+      run.lock             while a run writes here: its pid and host (a second run refuses)
+      config.json          the full TrainConfig (a copy: the checkpoint's is the truth)
       metrics.jsonl        one JSON object per epoch, then one for the test split
       loss.png, accuracy.png
       summary.json         final test metrics, time, and where the parameters came from
@@ -12,13 +13,15 @@ writes a run directory::
 
 Every random draw comes from ``jax.random.key(seed)``: the initial parameters from one half
 of it, and epoch ``e``'s data order, augmentation and dropout from ``fold_in(train_key, e)``,
-so a run resumed at an epoch boundary reproduces the uninterrupted run bit for bit.
+so a run resumed at an epoch boundary reproduces the uninterrupted run bit for bit. The
+checkpoint holds the config and the metrics history as well, so a resumed run trusts neither
+an edited ``config.json`` nor a damaged ``metrics.jsonl``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -33,14 +36,26 @@ import numpy as np
 from funcbp import data as fdata
 from funcbp import losses, nn
 from funcbp.diagnostics import gradient_flow, plot_gradient_flow
-from funcbp.train import parallel
+from funcbp.losses import LabelRangeError
+from funcbp.train import parallel, rundir
 from funcbp.train.checkpoint import (
+    CheckpointError,
     key_path_str,
     load_checkpoint,
+    newest_checkpoint,
     read_header,
+    remove_temporary_files,
     save_checkpoint,
 )
-from funcbp.train.config import GRAD_FNS, TrainConfig, load_data, make_optimizer
+from funcbp.train.config import (
+    GRAD_FNS,
+    NUM_CLASSES,
+    TrainConfig,
+    check_config_changes,
+    config_changes,
+    load_data,
+    make_optimizer,
+)
 from funcbp.train.models import get_model
 from funcbp.train.step import make_eval_step, make_train_step
 
@@ -86,13 +101,28 @@ def evaluate(
 
     Returns:
       ``{"loss": float, "accuracy": float}``, averages weighted by batch size.
+
+    Raises:
+      funcbp.losses.LabelRangeError: a batch holds labels outside ``[0, classes)``; the
+        message names the first such batch and counts its bad labels.
     """
     n = len(x)
     totals = []
     for start in range(0, n, batch_size):
-        m = eval_step(params, (x[start : start + batch_size], y[start : start + batch_size]))
-        totals.append((m["loss"] * m["count"], m["accuracy"] * m["count"]))
-    loss_sum, acc_sum = np.asarray(jnp.sum(jnp.array(totals), axis=0))
+        m = eval_step(params, (x[start: start + batch_size], y[start: start + batch_size]))
+        bad = m.get("bad_labels", 0)
+        totals.append(jnp.stack([m["loss"] * m["count"], m["accuracy"] * m["count"],
+                                 jnp.asarray(bad, jnp.float32), jnp.asarray(m["count"],
+                                                                            jnp.float32)]))
+    table = np.asarray(jnp.stack(totals), np.float64)
+    if table[:, 2].any():
+        i = int(np.argmax(table[:, 2] > 0))
+        start = i * batch_size
+        raise LabelRangeError(
+            f"evaluate: {int(table[i, 2])} of {int(table[i, 3])} labels of batch {i + 1} "
+            f"(examples {start}-{start + int(table[i, 3]) - 1}) are outside [0, classes) of "
+            f"the model's output; {int(table[:, 2].sum())} in all")
+    loss_sum, acc_sum = table[:, 0].sum(), table[:, 1].sum()
     return {"loss": float(loss_sum) / n, "accuracy": float(acc_sum) / n}
 
 
@@ -106,11 +136,18 @@ def default_run_dir(config: TrainConfig, root: str | os.PathLike = "runs") -> Pa
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The records of ``run_dir/metrics.jsonl`` (epoch lines, then the test line)."""
+    """The records of ``run_dir/metrics.jsonl`` (epoch lines, then the test line).
+
+    A last line cut short by a crash is left out (resuming drops it from the file, with a
+    warning); an empty list if there is no file.
+
+    Raises:
+      funcbp.train.rundir.RunDirError: the file is unreadable or damaged before its last line.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rundir.read_jsonl(path)[0]
 
 
 def plot_history(history: Sequence[dict], run_dir: str | os.PathLike) -> list[Path]:
@@ -140,20 +177,22 @@ def plot_history(history: Sequence[dict], run_dir: str | os.PathLike) -> list[Pa
         ax.legend()
         fig.tight_layout()
         path = Path(run_dir) / f"{metric}.png"
-        fig.savefig(path)
+        _save_whole(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         written.append(path)
     return written
 
 
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+def _save_whole(path: Path, save: Callable[[Path], Any]) -> None:
+    """``save(tmp)`` then rename over ``path``: a plot is whole or absent, errors name it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise rundir.RunDirError(f"{path}: cannot write it ({err.strerror or err}); free disk "
+                                 "space or check the directory's permissions") from None
 
 
 def _progress(total: int, desc: str, quiet: bool):
@@ -161,6 +200,15 @@ def _progress(total: int, desc: str, quiet: bool):
 
     return tqdm(total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
                 disable=quiet or not sys.stderr.isatty())
+
+
+def _labels_message(metrics: dict, step: int, epoch: int, batch: int, batch_size: int,
+                    last_ckpt: str) -> str:
+    bad = int(metrics["bad_labels"])
+    return (f"labels out of range at step {step} (epoch {epoch}, batch {batch}): {bad} of "
+            f"{batch_size} labels of the batch are outside [0, {NUM_CLASSES}) (the model has "
+            f"{NUM_CLASSES} classes); the parameters were not updated with it; training "
+            f"stopped; {last_ckpt}. Check the data's labels (1-based? subtract 1)")
 
 
 def _nonfinite_message(metrics: dict, step: int, epoch: int, batch: int, params: Any,
@@ -219,46 +267,140 @@ def fit(
     config = config or TrainConfig()
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    if (run_dir / "checkpoints" / "latest.ckpt").exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run; continue it with resume({str(run_dir)!r}) "
-            "(funcbp train --resume) or choose another run directory"
-        )
-    return _run(config, run_dir, resume_from=None, callbacks=callbacks, quiet=quiet, log=log)
+    if run_dir is None:
+        run_dir = default_run_dir(config)
+    run_dir = Path(run_dir)
+    with _locked(run_dir, log):
+        latest = run_dir / "checkpoints" / "latest.ckpt"
+        if newest_checkpoint(latest) is not None:
+            raise FileExistsError(
+                f"{run_dir} already holds a run; continue it with resume({str(run_dir)!r}) "
+                "(funcbp train --resume) or choose another run directory"
+            )
+        return _run(config, run_dir, resume_from=None, callbacks=callbacks, quiet=quiet,
+                    log=log)
 
 
 def resume(
     run_dir: str | os.PathLike,
     *,
+    allow_config_change: Iterable[str] = (),
     callbacks: Iterable[Callable[[dict], None]] = (),
     quiet: bool = False,
     log: Callable[[str], None] = print,
+    **changes: Any,
 ) -> FitResult:
     """Continue the run in ``run_dir`` from its latest checkpoint, with its saved config.
 
     The result is the same, bit for bit on one machine, as a run that was never interrupted.
+    The config saved *inside* the checkpoint is the truth: a ``config.json`` edited since (or
+    a ``changes`` keyword) that differs from it is refused, naming the fields, unless the
+    field is one of :data:`funcbp.train.RESUME_SAFE_FIELDS` and is named in
+    ``allow_config_change``. A missing ``config.json`` or ``metrics.jsonl`` is rebuilt from
+    the checkpoint, a partial last metrics line (a crash while writing it) is dropped; each
+    with a warning line through ``log``.
+
+    Args:
+      run_dir: the run directory.
+      allow_config_change: fields allowed to differ from the checkpoint's config, e.g.
+        ``("epochs",)`` to train longer.
+      changes: new values for such fields, e.g. ``epochs=40``.
 
     Raises:
-      CheckpointError: no usable ``checkpoints/latest.ckpt`` (missing, truncated, corrupt, or
-        saved for another model); the message names the file.
+      CheckpointError: no usable checkpoint (missing, truncated, corrupt, or saved for another
+        model); the message names the file.
+      funcbp.train.ConfigChangeError: the config differs in fields not allowed to change.
+      funcbp.train.rundir.RunLockedError: another run is writing to ``run_dir``.
     """
     run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists() and not (run_dir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{run_dir / 'config.json'}: no config.json and no "
+                                f"checkpoints, so {run_dir} is not a run directory written by "
+                                "funcbp train")
+    with _locked(run_dir, log):
+        config, ckpt = _resume_config(run_dir, allow_config_change, changes, log)
+        return _run(config, run_dir, resume_from=ckpt, callbacks=callbacks, quiet=quiet,
+                    log=log)
+
+
+def _warn(log: Callable[[str], None]) -> Callable[[str], None]:
+    return lambda text: log(f"warning: {text}")
+
+
+@contextlib.contextmanager
+def _locked(run_dir: Path, log: Callable[[str], None]):
+    """Hold ``run_dir``'s lock (process 0 of a multi-process run only: it alone writes)."""
+    if jax.process_index() != 0:
+        yield None
+        return
+    lock = rundir.acquire_lock(run_dir, warn=_warn(log))
+    try:
+        yield lock
+    finally:
+        lock.release()
+
+
+def _resume_config(run_dir: Path, allow: Iterable[str], changes: dict,
+                   log: Callable[[str], None]) -> tuple[TrainConfig, Path]:
+    """The config to continue with (the checkpoint's, plus allowed changes) and its file."""
+    warn = _warn(log)
+    latest = run_dir / "checkpoints" / "latest.ckpt"
+    ckpt = newest_checkpoint(latest)
+    if ckpt is None:
+        raise CheckpointError(
+            f"{latest}: no checkpoint in {run_dir}: the run stopped before its first epoch "
+            f"ended, so there is nothing to resume; start it again with the same options "
+            f"(funcbp train --run-dir {run_dir} ...)")
+    if ckpt != latest:
+        warn(f"{latest} is missing: a save was interrupted between its two renames; resuming "
+             f"from {ckpt.name}, the newest complete checkpoint")
+    saved = read_header(ckpt)["metadata"].get("config")
     config_path = run_dir / "config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{config_path}: no config.json, so {run_dir} is not a run "
-                                "directory written by funcbp train")
-    config = TrainConfig.from_json(json.loads(config_path.read_text()))
-    ckpt = run_dir / "checkpoints" / "latest.ckpt"
-    return _run(config, run_dir, resume_from=ckpt, callbacks=callbacks, quiet=quiet, log=log)
+    restore = "delete it and resume again: it is restored from the checkpoint"
+    current = None
+    if config_path.exists():
+        current = rundir.read_json(config_path, hint=restore if saved else
+                                   "restore the file from a copy")
+        if not isinstance(current, dict):
+            raise rundir.RunDirError(f"{config_path}: not a JSON object; {restore}")
+    if saved is None:  # a checkpoint written by a trainer that did not save its config
+        if current is None:
+            raise FileNotFoundError(f"{config_path}: no config.json, and {ckpt} holds no "
+                                    "config; restore config.json from a copy")
+        saved = current
+    if current is None:
+        warn(f"{config_path} is missing; restored from the config saved in {ckpt.name}")
+    on_disk = current
+    current = {**(current if current is not None else saved), **changes}
+    source = str(config_path) + (" with the options given to resume" if changes else "")
+    check_config_changes(config_changes(saved, current), allow, source, str(ckpt))
+    try:
+        config = TrainConfig.from_json(current)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{config_path}: {err}") from None
+    if on_disk != config.to_json() and jax.process_index() == 0:
+        rundir.write_json(config_path, config.to_json())
+    return config, ckpt
 
 
 def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
     t_start = time.perf_counter()
     say = (lambda line: None) if quiet else log
-    splits = load_data(config)
+    warn = _warn(log)
+    writer = jax.process_index() == 0  # only process 0 writes the run directory
+
+    def write(fn, *args, **kwargs):
+        return fn(*args, **kwargs) if writer else None
+
+    ckpt_dir = run_dir / "checkpoints"
+    latest, best_path = ckpt_dir / "latest.ckpt", ckpt_dir / "best.ckpt"
+    metrics_path = run_dir / "metrics.jsonl"
+    if writer:
+        for tmp in remove_temporary_files(ckpt_dir) + remove_temporary_files(run_dir):
+            warn(f"removed {tmp}, a temporary file left by an interrupted save")
+    splits = load_data(config)  # refuses labels outside [0, 10) before any training
     (x_train, y_train), val, (x_test, y_test) = splits
-    model = get_model(config.model, num_classes=10)
+    model = get_model(config.model, num_classes=NUM_CLASSES)
     if nn.is_stateful(model):  # pragma: no cover - no default model is stateful
         raise ValueError(f"model {config.model!r} carries state (BatchNorm); fit needs a "
                          "stateless model")
@@ -277,10 +419,6 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
     if config.devices is not None or jax.process_count() > 1:
         mesh = parallel.make_mesh(config.devices)
         parallel.check_global_batch_size(config.batch_size, mesh)
-    writer = jax.process_index() == 0  # only process 0 writes the run directory
-
-    def write(fn, *args, **kwargs):
-        return fn(*args, **kwargs) if writer else None
 
     host = parallel.to_host if mesh is not None else (lambda tree: tree)
     train_step = make_train_step(model.apply, loss_fn, tx, GRAD_FNS[config.grad],
@@ -311,9 +449,6 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
     else:
         step_fn, place = train_step, (lambda tree: tree)
 
-    ckpt_dir = run_dir / "checkpoints"
-    latest, best_path = ckpt_dir / "latest.ckpt", ckpt_dir / "best.ckpt"
-    metrics_path = run_dir / "metrics.jsonl"
     state = {"best_val_loss": None, "best_epoch": None, "bad_epochs": 0, "stopped_early": False}
     start_epoch, step = 0, 0
     history: list[dict] = []
@@ -324,14 +459,12 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         root_key = ckpt.key if ckpt.key is not None else root_key
         init_key, train_key = jax.random.split(root_key)
         state.update(ckpt.metadata.get("trainer", {}))
-        history = [r for r in read_metrics(run_dir)
-                   if r.get("type") == "epoch" and r["epoch"] <= start_epoch]
-        write(metrics_path.write_text, "".join(json.dumps(r) + "\n" for r in history))
+        history = _resumed_history(metrics_path, ckpt, warn) if writer else []
+        write(rundir.write_jsonl, metrics_path, history)
         say(f"resuming {run_dir} after epoch {start_epoch} (step {step})")
     else:
-        write(run_dir.mkdir, parents=True, exist_ok=True)
-        write(_write_json, run_dir / "config.json", config.to_json())
-        write(metrics_path.write_text, "")
+        write(rundir.write_json, run_dir / "config.json", config.to_json())
+        write(rundir.write_jsonl, metrics_path, [])
     params, opt_state = place((params, opt_state))
     log(f"run directory: {run_dir}")
     say(f"{config.data}: {len(x_train)} train, {len(val[0]) if val else 0} validation, "
@@ -344,6 +477,7 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
     if state["stopped_early"] and best_path.exists():
         best_params = load_checkpoint(best_path, like={"params": params}).tree["params"]
     sync_seconds = 0.5  # read metrics back (bar, NaN check) at most this often, and at epoch end
+    compiled = False
 
     for epoch in range(start_epoch, config.epochs):
         if state["stopped_early"]:
@@ -354,16 +488,26 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         xs, ys = epoch_batches(perm_key, x_train_d, y_train_d, config.batch_size)
         step_metrics: list[dict] = []
         bad_index = None
+        compile_time = None
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet)
         checked, last_sync = 0, time.perf_counter()
         for i in range(steps_per_epoch):
+            if not compiled:
+                # The first call traces and compiles the step (seconds to a minute on a CPU):
+                # say so, rather than showing a bar stuck at 0.
+                bar.set_postfix_str("compiling the training step...", refresh=True)
+                t_compile = time.perf_counter()
             params, opt_state, m = step_fn(params, opt_state, (xs[i], ys[i]),
-                                              jax.random.fold_in(steps_key, i))
+                                           jax.random.fold_in(steps_key, i))
+            if not compiled:
+                compiled, compile_time = True, time.perf_counter() - t_compile
+                bar.set_postfix_str(f"compiled in {compile_time:.1f} s", refresh=True)
             step_metrics.append(m)
             if i + 1 == steps_per_epoch or time.perf_counter() - last_sync > sync_seconds:
-                finite = np.asarray(jnp.stack([s["finite"] for s in step_metrics[checked:]]))
-                if not finite.all():
-                    bad_index = checked + int(np.argmin(finite))
+                new = step_metrics[checked:]
+                ok = np.asarray(jnp.stack([s["finite"] & (s["bad_labels"] == 0) for s in new]))
+                if not ok.all():
+                    bad_index = checked + int(np.argmin(ok))
                     break
                 checked, last_sync = i + 1, time.perf_counter()
                 elapsed = time.perf_counter() - t_epoch
@@ -372,19 +516,26 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
                 bar.update(i + 1 - bar.n)
         bar.close()
         if bad_index is not None:
-            if latest.exists():
-                saved = read_header(latest)
-                where = (f"the last good checkpoint is {latest} (epoch {saved['epoch']}, "
+            done = newest_checkpoint(latest)
+            if done is not None:
+                saved = read_header(done)
+                where = (f"the last good checkpoint is {done} (epoch {saved['epoch']}, "
                          f"step {saved['step']})")
             else:
                 where = "no checkpoint was written yet"
-            message = _nonfinite_message(step_metrics[bad_index], step + bad_index + 1,
-                                         epoch + 1, bad_index + 1, host(params), where)
-            write(_append_jsonl, metrics_path, {"type": "nonfinite", "epoch": epoch + 1,
-                                         "step": step + bad_index + 1, "message": message})
+            bad = step_metrics[bad_index]
+            if int(bad["bad_labels"]):
+                kind, message = "labels", _labels_message(
+                    bad, step + bad_index + 1, epoch + 1, bad_index + 1, config.batch_size, where)
+            else:
+                kind, message = "nonfinite", _nonfinite_message(
+                    bad, step + bad_index + 1, epoch + 1, bad_index + 1, host(params), where)
+            write(rundir.append_jsonl, metrics_path, {"type": kind, "epoch": epoch + 1,
+                                                      "step": step + bad_index + 1,
+                                                      "message": message})
             if history:
                 write(plot_history, history, run_dir)
-            raise NonFiniteError(message)
+            raise (LabelRangeError if kind == "labels" else NonFiniteError)(message)
         step += steps_per_epoch
         train = {k: np.asarray(jnp.mean(jnp.stack([s[k] for s in step_metrics])))
                  for k in ("loss", "accuracy", "grad_norm")}
@@ -401,6 +552,8 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
             "train_time_s": round(train_time, 3),
             "examples_per_s": round(steps_per_epoch * config.batch_size / train_time, 1),
         }
+        if compile_time is not None:
+            record["compile_time_s"] = round(compile_time, 3)
         if val_d is not None:
             v = evaluate(eval_step, host(params), *val_d, config.eval_batch_size)
             record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
@@ -408,8 +561,7 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
                 state.update(best_val_loss=v["loss"], best_epoch=epoch + 1, bad_epochs=0)
                 best_params = jax.device_get(host(params))
                 write(save_checkpoint, best_path, {"params": best_params}, step=step,
-                      epoch=epoch + 1,
-                                metadata={"val_loss": v["loss"]})
+                      epoch=epoch + 1, metadata={"val_loss": v["loss"]})
             else:
                 state["bad_epochs"] += 1
                 if config.patience and state["bad_epochs"] >= config.patience:
@@ -422,16 +574,21 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         record["epoch_time_s"] = round(time.perf_counter() - t_epoch, 3)
         record["elapsed_s"] = round(time.perf_counter() - t_start, 3)
         history.append(record)
-        write(_append_jsonl, metrics_path, record)
+        write(rundir.append_jsonl, metrics_path, record)
+        # The checkpoint carries the config and the history, so that resuming needs nothing
+        # else from the run directory (config.json and metrics.jsonl are copies).
         write(save_checkpoint, latest, host({"params": params, "opt_state": opt_state}),
-              step=step,
-                        epoch=epoch + 1, key=root_key, keep_previous=True,
-                        metadata={"trainer": dict(state), "config": config.to_json()})
+              step=step, epoch=epoch + 1, key=root_key, keep_previous=True,
+              metadata={"trainer": dict(state), "config": config.to_json(),
+                        "history": history})
         val_text = (f"  val loss {record['val_loss']:.4f}  val acc {record['val_accuracy']:.4f}"
                     if "val_loss" in record else "")
+        compile_text = (f" (incl. {compile_time:.1f} s compiling)"
+                        if compile_time is not None else "")
         say(f"epoch {epoch + 1:3d}/{config.epochs}  loss {record['train_loss']:.4f}  "
             f"acc {record['train_accuracy']:.4f}{val_text}  lr {record['lr']:.4g}  "
-            f"{record['examples_per_s']:.0f} ex/s  {record['epoch_time_s']:.1f} s")
+            f"{record['examples_per_s']:.0f} ex/s  {record['epoch_time_s']:.1f} s"
+            f"{compile_text}")
         if state["stopped_early"]:
             say(f"early stopping: no validation improvement for {config.patience} epochs "
                 f"(best epoch {state['best_epoch']})")
@@ -442,7 +599,8 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         write(plot_history, history, run_dir)
         flows = [r["grad_flow"]["layers"] for r in history if "grad_flow" in r]
         if flows:
-            write(plot_gradient_flow, flows, str(run_dir / "gradient_flow.png"))
+            path = run_dir / "gradient_flow.png"
+            write(_save_whole, path, lambda tmp: plot_gradient_flow(flows, str(tmp)))
     used = "best" if state["stopped_early"] and best_params is not None else "final"
     test_params = best_params if used == "best" else params
     t = evaluate(eval_step, host(test_params), jnp.asarray(x_test), jnp.asarray(y_test),
@@ -455,10 +613,34 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         "epochs_run": history[-1]["epoch"] if history else 0,
         "elapsed_s": round(time.perf_counter() - t_start, 3),
     }
-    write(_append_jsonl, metrics_path, test)
-    write(_write_json, run_dir / "summary.json", {**test, "config": config.to_json()})
+    write(rundir.append_jsonl, metrics_path, test)
+    write(rundir.write_json, run_dir / "summary.json", {**test, "config": config.to_json()})
     say(f"test loss {t['loss']:.4f} ({test['params_from']} parameters); "
         f"{test['elapsed_s']:.1f} s in all; run directory {run_dir}")
     log(f"test accuracy: {t['accuracy']:.4f}")
     return FitResult(test_params, opt_state, history, test, run_dir)
 
+
+def _resumed_history(metrics_path: Path, ckpt: Any, warn: Callable[[str], None]) -> list[dict]:
+    """The epoch records up to the checkpoint's epoch: the checkpoint's own, else the file's."""
+    records = None
+    if metrics_path.exists():
+        records, partial = rundir.read_jsonl(metrics_path)
+        if partial is not None:
+            warn(f"{metrics_path}: dropped a partial last line (a crash while it was written): "
+                 f"{partial[:60]!r}")
+    from_file = [r for r in records or [] if r.get("type") == "epoch"
+                 and isinstance(r.get("epoch"), int) and r["epoch"] <= ckpt.epoch]
+    saved = ckpt.metadata.get("history")
+    if saved is None:  # a checkpoint written before the history was saved in it
+        if records is None:
+            warn(f"{metrics_path} is missing and the checkpoint holds no history: the "
+                 f"metrics of epochs 1-{ckpt.epoch} are lost; the file restarts empty")
+        return from_file
+    if records is None:
+        warn(f"{metrics_path} is missing; rebuilt the {len(saved)} epoch lines from the "
+             "checkpoint")
+    elif from_file != saved:
+        warn(f"{metrics_path}: its epoch lines differ from the checkpoint's history (edited or "
+             "damaged); rewritten from the checkpoint")
+    return saved

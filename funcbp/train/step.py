@@ -35,6 +35,19 @@ def _check_stateless(apply_fn: Any) -> None:
         )
 
 
+def _bad_labels(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Integer class labels outside ``[0, classes)`` (0 for other kinds of targets)."""
+    if jnp.shape(labels) != jnp.shape(logits)[:-1]:
+        return jnp.zeros((), jnp.int32)
+    return losses.count_bad_labels(labels, jnp.shape(logits)[-1])
+
+
+def _check_concrete_labels(logits: jax.Array, labels: jax.Array) -> None:
+    # Eagerly (jit=False) the labels are concrete: refuse bad ones at once, like the losses.
+    if jnp.shape(labels) == jnp.shape(logits)[:-1]:
+        losses.check_labels(labels, jnp.shape(logits)[-1], "batch labels")
+
+
 def make_train_step(
     apply_fn: ApplyFn,
     loss_fn: LossFn,
@@ -67,16 +80,19 @@ def make_train_step(
       l1: L1 penalty coefficient.
       l2: L2 penalty coefficient (``l2 * 0.5 * |w|^2``, i.e. weight decay ``l2`` under SGD).
       penalty_mask: which leaves the penalties cover (see :func:`funcbp.losses.l2_penalty`).
-      skip_nonfinite: when the loss or a gradient is NaN/inf, return the params and
-        optimiser state unchanged (``metrics["finite"]`` is then False); the trainer stops.
+      skip_nonfinite: when the loss or a gradient is NaN/inf, or a label is out of range,
+        return the params and optimiser state unchanged (``metrics["finite"]`` is then False
+        or ``metrics["bad_labels"]`` non-zero); the trainer stops.
       jit: compile with ``jax.jit``, donating ``params`` and ``opt_state``; the arrays passed
         in are then invalid after the call; use the returned ones.
 
     Returns:
       The step. ``metrics`` holds scalar arrays ``loss`` (data loss of the batch, without
       penalties), ``objective`` (with them), ``accuracy``, ``grad_norm`` (global L2 norm of the
-      gradient), ``finite`` (bool), and ``nonfinite`` (a tree like ``params`` of bools, True
-      where that leaf's gradient holds a NaN or inf).
+      gradient), ``finite`` (bool), ``nonfinite`` (a tree like ``params`` of bools, True
+      where that leaf's gradient holds a NaN or inf), and ``bad_labels`` (int32: integer
+      labels outside ``[0, classes)``, which :func:`funcbp.losses.accuracy` and the integer
+      cross-entropy refuse; under ``jit`` they cannot raise, so the trainer checks this count).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -89,7 +105,7 @@ def make_train_step(
       >>> params, state, m = step(params, tx.init(params), (jnp.ones((2, 4)), jnp.array([0, 1])),
       ...                         jax.random.key(1))
       >>> sorted(m)
-      ['accuracy', 'finite', 'grad_norm', 'loss', 'nonfinite', 'objective']
+      ['accuracy', 'bad_labels', 'finite', 'grad_norm', 'loss', 'nonfinite', 'objective']
     """
     _check_stateless(apply_fn)
 
@@ -111,10 +127,13 @@ def make_train_step(
         (total, (loss, logits)), grads = grad_fn(objective, has_aux=True)(params, x, y, key_model)
         nonfinite = jax.tree.map(lambda g: ~jnp.all(jnp.isfinite(g)), grads)
         finite = jnp.isfinite(total) & ~jnp.any(jnp.stack(jax.tree.leaves(nonfinite)))
+        _check_concrete_labels(logits, y)
+        bad_labels = _bad_labels(logits, y)
         updates, new_state = optimizer.update(grads, opt_state, params)
         new_params = apply_updates(params, updates)
         if skip_nonfinite:
-            keep = lambda new, old: jnp.where(finite, new, old)
+            ok = finite & (bad_labels == 0)
+            keep = lambda new, old: jnp.where(ok, new, old)
             new_params = jax.tree.map(keep, new_params, params)
             new_state = jax.tree.map(keep, new_state, opt_state)
         metrics = {
@@ -124,6 +143,7 @@ def make_train_step(
             "grad_norm": global_norm(grads),
             "finite": finite,
             "nonfinite": nonfinite,
+            "bad_labels": bad_labels,
         }
         return new_params, new_state, metrics
 
@@ -133,10 +153,12 @@ def make_train_step(
 def make_eval_step(
     apply_fn: ApplyFn, loss_fn: LossFn, *, jit: bool = True
 ) -> Callable[[Any, Batch], dict]:
-    """Build ``eval_step(params, batch) -> {"loss", "accuracy", "count"}`` (inference mode).
+    """Build ``eval_step(params, batch) -> {"loss", "accuracy", "count", "bad_labels"}``.
 
-    ``loss`` and ``accuracy`` are means over the batch (``apply_fn(..., train=False)``, no
-    dropout, no augmentation); ``count`` is the batch size, for weighting batch means.
+    ``loss`` and ``accuracy`` are means over the batch in inference mode
+    (``apply_fn(..., train=False)``, no dropout, no augmentation); ``count`` is the batch
+    size, for weighting batch means; ``bad_labels`` counts integer labels outside
+    ``[0, classes)`` (:func:`funcbp.train.evaluate` refuses a batch with any).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -153,10 +175,12 @@ def make_eval_step(
     def eval_step(params, batch):
         x, y = batch
         logits = apply_fn(params, x, train=False)
+        _check_concrete_labels(logits, y)
         return {
             "loss": loss_fn(logits, y),
             "accuracy": losses.accuracy(logits, y),
             "count": jnp.asarray(x.shape[0], jnp.int32),
+            "bad_labels": _bad_labels(logits, y),
         }
 
     return jax.jit(eval_step) if jit else eval_step

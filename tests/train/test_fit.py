@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ import pytest
 from funcbp import nn
 from funcbp.cli import main
 from funcbp.train import (
-    CheckpointError,
+    ConfigChangeError,
     NonFiniteError,
     TrainConfig,
     fit,
@@ -61,22 +62,23 @@ def test_resume_equals_uninterrupted_bit_for_bit(tmp_path):
     for a, b in zip(_leaves(straight.opt_state), _leaves(resumed.opt_state), strict=True):
         np.testing.assert_array_equal(a, b)
     assert resumed.test == {**straight.test, "elapsed_s": resumed.test["elapsed_s"]}
-    drop = ("train_time_s", "epoch_time_s", "elapsed_s", "examples_per_s")
+    drop = ("train_time_s", "epoch_time_s", "elapsed_s", "examples_per_s", "compile_time_s")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]
     assert strip(read_metrics(tmp_path / "broken")) == strip(read_metrics(tmp_path / "straight"))
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
+def test_resume_refuses_a_config_edited_to_another_model(tmp_path):
     config = TrainConfig(**{**TINY, "epochs": 1})
     fit(config, run_dir=tmp_path / "run", **QUIET)
     with pytest.raises(FileExistsError, match="resume"):  # fit never overwrites a run
         fit(config, run_dir=tmp_path / "run", **QUIET)
     (tmp_path / "run" / "config.json").write_text(
         json.dumps({**config.to_json(), "model": "wide_mlp"}))
-    with pytest.raises(CheckpointError, match="leaf 'params/dense_0/b' is float32\\[256\\]") as err:
+    # The checkpoint's own config is the truth: the edit is refused before any loading.
+    with pytest.raises(ConfigChangeError, match=r"model \('mlp' -> 'wide_mlp'\)") as err:
         resume(tmp_path / "run", **QUIET)
-    assert "latest.ckpt" in str(err.value)
+    assert "latest.ckpt" in str(err.value) and "config.json" in str(err.value)
 
 
 @pytest.mark.slow
@@ -162,9 +164,14 @@ def test_cli_end_to_end_writes_the_run_directory(tmp_path, capsys):
     assert records[-1]["test_accuracy"] > 0.3
 
 
-def test_cli_resume_refuses_other_options(tmp_path, capsys):
-    assert main(["train", "--resume", str(tmp_path), "--lr", "0.3"]) == 2
-    assert "drop --lr" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, says", [
+    (["--resume", "RUN", "--run-dir", "elsewhere"], "drop --run-dir"),
+    (["--allow-config-change", "epochs"], "only applies with --resume"),
+])
+def test_cli_resume_usage_errors(tmp_path, capsys, argv, says):
+    argv = [str(tmp_path) if a == "RUN" else a for a in argv]
+    assert main(["train", *argv]) == 2
+    assert says in capsys.readouterr().err
 
 
 def test_cli_reports_a_bad_run_directory(tmp_path, capsys):
@@ -185,10 +192,45 @@ def test_cli_rejects_unknown_model(capsys):
     ("val_fraction", 1.5, r"in \[0, 1\)"),
     ("batch_size", 0, "positive integer"),
     ("clip_norm", -1.0, "must be > 0"),
+    ("momentum", 1.5, r"in \[0, 1\)"),
+    ("momentum", 1.0, r"in \[0, 1\)"),
+    ("momentum", -0.1, r"in \[0, 1\)"),
+    ("epochs", "3", "must be an integer"),
+    ("lr", float("nan"), "finite number"),
+    ("augment", "yes", "true or false"),
+    ("patience", -1, "must be >= 0"),
 ])
 def test_bad_config_names_the_field(field, value, match):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}=.*{match}"):
         TrainConfig(**{field: value})
+
+
+def test_patience_needs_a_validation_split():
+    with pytest.raises(ValueError, match="TrainConfig.patience=3: .*val_fraction is 0"):
+        TrainConfig(patience=3, val_fraction=0.0)
+    TrainConfig(patience=0, val_fraction=0.0)  # 0: no early stopping, nothing to watch
+
+
+@pytest.mark.parametrize("optimizer, lr, warns", [
+    ("adam", 1e6, True), ("adam", 1e-3, False), ("sgd", 1e3, True), ("sgd", 0.05, False),
+    ("sgd", 1e-8, True), ("sgd", 0.0, False),
+])
+def test_a_learning_rate_far_outside_the_usual_range_warns(optimizer, lr, warns):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TrainConfig(optimizer=optimizer, lr=lr)
+    said = [str(w.message) for w in caught if "usual range" in str(w.message)]
+    assert bool(said) == warns, said
+    if warns:
+        assert f"TrainConfig.lr={lr:g} is far outside the usual range of {optimizer}" in said[0]
+
+
+def test_cli_prints_the_warning_without_a_traceback(capsys, monkeypatch):
+    import funcbp.train
+
+    monkeypatch.setattr(funcbp.train, "fit", lambda *a, **k: None)
+    assert main(["train", "--optimizer", "adam", "--lr", "1e6"]) == 0
+    assert "funcbp train: warning: TrainConfig.lr=1e+06 is far outside" in capsys.readouterr().err
 
 
 @pytest.mark.slow

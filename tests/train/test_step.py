@@ -147,3 +147,28 @@ def test_evaluate_in_batches_equals_one_pass(batch_size):
         result["loss"], optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
         rtol=1e-5)
     assert result["accuracy"] == pytest.approx(np.mean(np.argmax(logits, -1) == np.asarray(y)))
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["eager", "jit"])
+def test_out_of_range_labels_are_counted_and_skip_the_update(wrap):
+    model = small_mlp()
+    _, params = model.init(jax.random.key(0), (1, 8, 8, 1))
+    tx = optim.sgd(0.1)
+    opt_state = tx.init(params)
+    before = jax.device_get((params, opt_state))
+    xs, ys = _batches(1)
+    y = ys[0].at[3].set(10).at[5].set(-1)             # 1-based or sentinel labels
+    step = make_train_step(model.apply, XENT, tx, jit=wrap)
+    ev = make_eval_step(model.apply, XENT, jit=wrap)
+    if not wrap:                                       # eager: a direct error
+        with pytest.raises(losses.LabelRangeError, match=r"2 of 16 labels .* \[0, 10\)"):
+            step(params, opt_state, (xs[0], y), jax.random.key(0))
+        with pytest.raises(losses.LabelRangeError, match="2 of 16"):
+            ev(params, (xs[0], y))
+        return
+    new_params, new_state, m = step(params, opt_state, (xs[0], y), jax.random.key(0))
+    assert int(m["bad_labels"]) == 2 and not bool(m["finite"])
+    chex.assert_trees_all_equal(jax.device_get((new_params, new_state)), before)
+    assert int(ev(before[0], (xs[0], y))["bad_labels"]) == 2
+    with pytest.raises(losses.LabelRangeError, match=r"2 of 16 labels .*batch 1 \(examples 0-15\)"):
+        evaluate(ev, before[0], xs[0], y, batch_size=16)

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["funcbp.train.checkpoint", "funcbp.train.step", "funcbp.train.models",
-           "funcbp.train.fit", "funcbp.train.config", "funcbp.cli"]
+           "funcbp.train.rundir", "funcbp.train.fit", "funcbp.train.config", "funcbp.cli"]
 
 
 @pytest.mark.parametrize("name", MODULES)
