@@ -27,8 +27,9 @@ def _x64():
 
 
 def _z(seed, *shape):
+    """complex128 values as numpy (a jnp array made at import time would be complex64)."""
     rng = np.random.default_rng(seed)
-    return jnp.asarray(rng.standard_normal(shape) + 1j * rng.standard_normal(shape))
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
 
 
 def _fd_grad(f, z, eps=1e-6):

@@ -301,7 +301,7 @@ def atanh_vjp(ct, x, **params):
     return (ct / (1 - x * x),)
 
 
-# --- special functions -------------------------------------------------------------------------
+# --- error functions (the other special functions are in special.py) -----------------------------
 
 @vjp_rule(lax.erf_p)
 def erf_vjp(ct, x, **params):
@@ -313,18 +313,6 @@ def erf_vjp(ct, x, **params):
 def erfc_vjp(ct, x, **params):
     """d erfc(x) = -2 / sqrt(pi) exp(-x^2) dx."""
     return (ct * ((-2 / math.sqrt(math.pi)) * lax.exp(-(x * x))),)
-
-
-@vjp_rule(lax.erf_inv_p)
-def erf_inv_vjp(ct, x, *, out, **params):
-    """d erfinv(x) = sqrt(pi) / 2 exp(erfinv(x)^2) dx."""
-    return (ct * ((math.sqrt(math.pi) / 2) * lax.exp(out * out)),)
-
-
-@vjp_rule(lax.lgamma_p)
-def lgamma_vjp(ct, x, **params):
-    """d lgamma(x) = digamma(x) dx (first order only: digamma has no rule yet)."""
-    return (ct * lax.digamma(x),)
 
 
 # --- dtype, precision and identity-like ops ----------------------------------------------------
