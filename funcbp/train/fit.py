@@ -39,7 +39,6 @@ from funcbp.diagnostics import gradient_flow, plot_gradient_flow
 from funcbp.losses import LabelRangeError
 from funcbp.train import parallel, rundir
 from funcbp.train.checkpoint import (
-    CheckpointError,
     key_path_str,
     load_checkpoint,
     newest_checkpoint,
@@ -51,8 +50,6 @@ from funcbp.train.config import (
     GRAD_FNS,
     NUM_CLASSES,
     TrainConfig,
-    check_config_changes,
-    config_changes,
     load_data,
     make_optimizer,
 )
@@ -318,7 +315,8 @@ def resume(
                                 f"checkpoints, so {run_dir} is not a run directory written by "
                                 "funcbp train")
     with _locked(run_dir, log):
-        config, ckpt = _resume_config(run_dir, allow_config_change, changes, log)
+        config, ckpt = rundir.resume_config(run_dir, allow_config_change, changes,
+                                             warn=_warn(log), write=jax.process_index() == 0)
         return _run(config, run_dir, resume_from=ckpt, callbacks=callbacks, quiet=quiet,
                     log=log)
 
@@ -338,49 +336,6 @@ def _locked(run_dir: Path, log: Callable[[str], None]):
         yield lock
     finally:
         lock.release()
-
-
-def _resume_config(run_dir: Path, allow: Iterable[str], changes: dict,
-                   log: Callable[[str], None]) -> tuple[TrainConfig, Path]:
-    """The config to continue with (the checkpoint's, plus allowed changes) and its file."""
-    warn = _warn(log)
-    latest = run_dir / "checkpoints" / "latest.ckpt"
-    ckpt = newest_checkpoint(latest)
-    if ckpt is None:
-        raise CheckpointError(
-            f"{latest}: no checkpoint in {run_dir}: the run stopped before its first epoch "
-            f"ended, so there is nothing to resume; start it again with the same options "
-            f"(funcbp train --run-dir {run_dir} ...)")
-    if ckpt != latest:
-        warn(f"{latest} is missing: a save was interrupted between its two renames; resuming "
-             f"from {ckpt.name}, the newest complete checkpoint")
-    saved = read_header(ckpt)["metadata"].get("config")
-    config_path = run_dir / "config.json"
-    restore = "delete it and resume again: it is restored from the checkpoint"
-    current = None
-    if config_path.exists():
-        current = rundir.read_json(config_path, hint=restore if saved else
-                                   "restore the file from a copy")
-        if not isinstance(current, dict):
-            raise rundir.RunDirError(f"{config_path}: not a JSON object; {restore}")
-    if saved is None:  # a checkpoint written by a trainer that did not save its config
-        if current is None:
-            raise FileNotFoundError(f"{config_path}: no config.json, and {ckpt} holds no "
-                                    "config; restore config.json from a copy")
-        saved = current
-    if current is None:
-        warn(f"{config_path} is missing; restored from the config saved in {ckpt.name}")
-    on_disk = current
-    current = {**(current if current is not None else saved), **changes}
-    source = str(config_path) + (" with the options given to resume" if changes else "")
-    check_config_changes(config_changes(saved, current), allow, source, str(ckpt))
-    try:
-        config = TrainConfig.from_json(current)
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{config_path}: {err}") from None
-    if on_disk != config.to_json() and jax.process_index() == 0:
-        rundir.write_json(config_path, config.to_json())
-    return config, ckpt
 
 
 def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
@@ -459,7 +414,7 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         root_key = ckpt.key if ckpt.key is not None else root_key
         init_key, train_key = jax.random.split(root_key)
         state.update(ckpt.metadata.get("trainer", {}))
-        history = _resumed_history(metrics_path, ckpt, warn) if writer else []
+        history = rundir.resumed_history(metrics_path, ckpt, warn) if writer else []
         write(rundir.write_jsonl, metrics_path, history)
         say(f"resuming {run_dir} after epoch {start_epoch} (step {step})")
     else:
@@ -619,28 +574,3 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         f"{test['elapsed_s']:.1f} s in all; run directory {run_dir}")
     log(f"test accuracy: {t['accuracy']:.4f}")
     return FitResult(test_params, opt_state, history, test, run_dir)
-
-
-def _resumed_history(metrics_path: Path, ckpt: Any, warn: Callable[[str], None]) -> list[dict]:
-    """The epoch records up to the checkpoint's epoch: the checkpoint's own, else the file's."""
-    records = None
-    if metrics_path.exists():
-        records, partial = rundir.read_jsonl(metrics_path)
-        if partial is not None:
-            warn(f"{metrics_path}: dropped a partial last line (a crash while it was written): "
-                 f"{partial[:60]!r}")
-    from_file = [r for r in records or [] if r.get("type") == "epoch"
-                 and isinstance(r.get("epoch"), int) and r["epoch"] <= ckpt.epoch]
-    saved = ckpt.metadata.get("history")
-    if saved is None:  # a checkpoint written before the history was saved in it
-        if records is None:
-            warn(f"{metrics_path} is missing and the checkpoint holds no history: the "
-                 f"metrics of epochs 1-{ckpt.epoch} are lost; the file restarts empty")
-        return from_file
-    if records is None:
-        warn(f"{metrics_path} is missing; rebuilt the {len(saved)} epoch lines from the "
-             "checkpoint")
-    elif from_file != saved:
-        warn(f"{metrics_path}: its epoch lines differ from the checkpoint's history (edited or "
-             "damaged); rewritten from the checkpoint")
-    return saved

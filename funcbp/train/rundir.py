@@ -1,4 +1,4 @@
-"""The run directory's files: its lock, its JSON files, its metrics log.
+"""The run directory's files: its lock, its JSON files, its metrics log; what resuming reads.
 
 One writer at a time: :func:`acquire_lock` creates ``run.lock`` (owner pid, host, start time)
 exclusively, refuses a directory another live run holds, and takes over a lock whose owner
@@ -14,9 +14,12 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from funcbp.train.checkpoint import CheckpointError, newest_checkpoint, read_header
+from funcbp.train.config import TrainConfig, check_config_changes, config_changes
 
 __all__ = [
     "LOCK_NAME",
@@ -27,6 +30,8 @@ __all__ = [
     "append_jsonl",
     "read_json",
     "read_jsonl",
+    "resume_config",
+    "resumed_history",
     "write_json",
     "write_jsonl",
 ]
@@ -273,3 +278,87 @@ def read_jsonl(path: str | os.PathLike) -> tuple[list[dict], str | None]:
                               "is damaged: fix or delete that line") from None
         records.append(record)
     return records, partial
+
+
+# ------------------------------------------------------------------------------ resuming
+
+def resume_config(run_dir: Path, allow: Iterable[str], changes: dict,
+                  warn: Callable[[str], None], write: bool = True) -> tuple[TrainConfig, Path]:
+    """The config to resume ``run_dir`` with, and the checkpoint to resume from.
+
+    The config saved in the newest complete checkpoint is the truth; ``config.json`` and
+    ``changes`` may differ from it only in :data:`funcbp.train.RESUME_SAFE_FIELDS` named in
+    ``allow``. A missing ``config.json`` is restored from the checkpoint (``warn`` is told);
+    with ``write``, ``config.json`` is rewritten when it differs from the result.
+
+    Raises:
+      CheckpointError: no complete checkpoint, or a damaged one.
+      ConfigChangeError: a field differs that may not, or is not allowed to.
+      RunDirError: ``config.json`` is unreadable or not valid JSON.
+    """
+    latest = run_dir / "checkpoints" / "latest.ckpt"
+    ckpt = newest_checkpoint(latest)
+    if ckpt is None:
+        raise CheckpointError(
+            f"{latest}: no checkpoint in {run_dir}: the run stopped before its first epoch "
+            f"ended, so there is nothing to resume; start it again with the same options "
+            f"(funcbp train --run-dir {run_dir} ...)")
+    if ckpt != latest:
+        warn(f"{latest} is missing: a save was interrupted between its two renames; resuming "
+             f"from {ckpt.name}, the newest complete checkpoint")
+    saved = read_header(ckpt)["metadata"].get("config")
+    config_path = run_dir / "config.json"
+    restore = "delete it and resume again: it is restored from the checkpoint"
+    current = None
+    if config_path.exists():
+        current = read_json(config_path, hint=restore if saved else
+                                   "restore the file from a copy")
+        if not isinstance(current, dict):
+            raise RunDirError(f"{config_path}: not a JSON object; {restore}")
+    if saved is None:  # a checkpoint written by a trainer that did not save its config
+        if current is None:
+            raise FileNotFoundError(f"{config_path}: no config.json, and {ckpt} holds no "
+                                    "config; restore config.json from a copy")
+        saved = current
+    if current is None:
+        warn(f"{config_path} is missing; restored from the config saved in {ckpt.name}")
+    on_disk = current
+    current = {**(current if current is not None else saved), **changes}
+    source = str(config_path) + (" with the options given to resume" if changes else "")
+    check_config_changes(config_changes(saved, current), allow, source, str(ckpt))
+    try:
+        config = TrainConfig.from_json(current)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{config_path}: {err}") from None
+    if on_disk != config.to_json() and write:
+        write_json(config_path, config.to_json())
+    return config, ckpt
+
+
+def resumed_history(metrics_path: Path, ckpt: Any, warn: Callable[[str], None]) -> list[dict]:
+    """The epoch records up to the checkpoint's epoch: the checkpoint's own, else the file's.
+
+    A partial last line of ``metrics.jsonl`` (a crash while it was written), a missing file,
+    or epoch lines that differ from the checkpoint's history are reported through ``warn``.
+    """
+    records = None
+    if metrics_path.exists():
+        records, partial = read_jsonl(metrics_path)
+        if partial is not None:
+            warn(f"{metrics_path}: dropped a partial last line (a crash while it was written): "
+                 f"{partial[:60]!r}")
+    from_file = [r for r in records or [] if r.get("type") == "epoch"
+                 and isinstance(r.get("epoch"), int) and r["epoch"] <= ckpt.epoch]
+    saved = ckpt.metadata.get("history")
+    if saved is None:  # a checkpoint written before the history was saved in it
+        if records is None:
+            warn(f"{metrics_path} is missing and the checkpoint holds no history: the "
+                 f"metrics of epochs 1-{ckpt.epoch} are lost; the file restarts empty")
+        return from_file
+    if records is None:
+        warn(f"{metrics_path} is missing; rebuilt the {len(saved)} epoch lines from the "
+             "checkpoint")
+    elif from_file != saved:
+        warn(f"{metrics_path}: its epoch lines differ from the checkpoint's history (edited or "
+             "damaged); rewritten from the checkpoint")
+    return saved

@@ -238,3 +238,17 @@ def test_default_recipe_reaches_98_percent_on_the_digits(tmp_path):
     """The README's ``make train``: one seed must clear 0.975 (3-seed mean >= 0.98 recorded)."""
     result = fit(TrainConfig(), run_dir=tmp_path / "default", **QUIET)
     assert result.test["test_accuracy"] >= 0.975
+
+
+def test_bench_runs_the_benchmark_suite_of_a_source_checkout(capsys, monkeypatch):
+    import funcbp.cli as cli
+
+    assert main(["bench", "--help"]) == 0                  # the suite's own --help
+    assert "usage: python -m benchmarks" in capsys.readouterr().out
+    called = []
+    monkeypatch.setattr(cli, "_benchmarks_main", lambda: called.append)
+    assert main(["bench", "--quick", "--case", "mlp"]) == 0
+    assert called == [["--quick", "--case", "mlp"]]
+    monkeypatch.setattr(cli, "_benchmarks_main", lambda: None)   # an installed package only
+    assert main(["bench"]) == 2
+    assert "runs from a source checkout" in capsys.readouterr().err
