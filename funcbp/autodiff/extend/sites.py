@@ -1,0 +1,167 @@
+"""Dense and convolution weights: quantities read off the layer's inputs and output columns.
+
+A weight ``w`` used once, in ``z = dot_general(a, w)`` or ``z = conv(a, w)``, has per-example
+gradient ``g_i = sum_t a_it (x) d_it``: ``a_it`` the layer's input at position ``t`` of example
+``i`` (for a convolution: the unfolded patch), ``d_it`` the output's cotangent there. Both are
+brought to a canonical layout, ``A: (B, T, Din)`` and ``D: (K, B, T, Dout)``, and:
+
+- ``T == 1`` (a dense layer on vectors): ``||g_i||^2 = ||a_i||^2 ||d_i||^2``,
+  ``sum_i g_i^2 = (a^2)^T (d^2)``, and a curvature group's diagonal is
+  ``sum_i a_i^2 (x) sum_k d_ik^2``; nothing of size ``B x |w|`` is formed ("outer").
+- ``T > 1`` (sequences, convolutions): ``||g_i||^2`` from the Gram form
+  ``sum_{t,t'} (a_it . a_it')(d_it . d_it')`` when ``T^2 < Din Dout`` ("gram"), else from the
+  per-example gradients ``(B, Din, Dout)``, which are the size of one weight per example, never
+  ``B x T`` of them ("unfold").
+- KFAC (BackPACK's definitions): ``A = sum_{i,t} a_it a_it^T / B`` and
+  ``G = sum_{k,i} (sum_t d_ikt)(sum_t d_ikt)^T`` over the Monte-Carlo columns.
+
+Results are returned in the weight's own layout.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["SITE_RULES"]
+
+_CURVATURE = ("ggn", "mc")
+
+
+def _reduce(A, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, str]:
+    """The quantities of one weight from canonical ``A (B,T,Din)`` and ``D`` groups."""
+    B, T, Din = A.shape
+    want = spec.want
+    out: dict = {}
+    grad = deltas.get("grad")
+    path = "outer" if T == 1 else "unfold"
+    if grad is not None:
+        d = grad[0]
+        Dout = d.shape[-1]
+        out["grad"] = to_w(jnp.einsum("btd,bte->de", A, d))
+        first = {"batch_l2", "sum_grad_squared", "variance"} & want
+        if T == 1:
+            a2, d2 = A[:, 0] ** 2, d[:, 0] ** 2
+            if "batch_l2" in want:
+                out["batch_l2"] = jnp.sum(a2, 1) * jnp.sum(d2, 1)
+            if first - {"batch_l2"}:
+                out["sum_grad_squared"] = to_w(a2.T @ d2)
+        elif first:
+            if first == {"batch_l2"} and T * T < Din * Dout:
+                path = "gram"
+                out["batch_l2"] = jnp.sum(jnp.einsum("btd,bsd->bts", A, A)
+                                          * jnp.einsum("bte,bse->bts", d, d), axis=(1, 2))
+            else:
+                g = jnp.einsum("btd,bte->bde", A, d)
+                out["batch_l2"] = jnp.sum(g * g, axis=(1, 2))
+                out["sum_grad_squared"] = to_w(jnp.sum(g * g, axis=0))
+    diag: dict = {}
+    for name, d in deltas.items():
+        if name == "grad":
+            continue
+        if T == 1:
+            val = (A[:, 0] ** 2).T @ jnp.sum(d[:, :, 0] ** 2, axis=0)
+        else:
+            g = jnp.einsum("btd,kbte->kbde", A, d)
+            val = jnp.sum(g * g, axis=(0, 1))
+        diag[name] = to_w(val)
+    out["diag"] = diag
+    if "kfac" in want and "mc" in deltas:
+        s = jnp.sum(deltas["mc"], axis=2)  # (K, B, Dout): summed over positions
+        out["kfac"] = (to_w_in(jnp.einsum("btd,bte->de", A, A) / B),
+                       jnp.einsum("kbe,kbf->ef", s, s))
+    return out, path
+
+
+def _groups(pack: Any, perm: list, B: int, T: int) -> dict:
+    """The output pack's groups in canonical ``(K, B, T, Dout)`` layout."""
+    out = {}
+    for name, arr in pack.groups.items():
+        k = arr.shape[0]
+        moved = jnp.transpose(arr, [0] + [1 + p for p in perm])
+        out[name] = moved.reshape(k, B, T, -1)
+    return out
+
+
+def dense_site(eqn, j, invals, ax_in, ax_out, pack, spec):
+    """``dot_general`` with an unbatched weight operand ``j`` and no dot-batch dimensions."""
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    if lb or rb or pack is None:
+        return None
+    o = 1 - j
+    x, w = jnp.asarray(invals[o]), jnp.asarray(invals[j])
+    a = ax_in[o]
+    oc, wc = (lc, rc) if o == 0 else (rc, lc)
+    ofree = [d for d in range(x.ndim) if d not in oc]
+    wfree = [d for d in range(w.ndim) if d not in wc]
+    n_lfree = len(ofree) if o == 0 else len(wfree)
+    out_o = list(range(len(ofree))) if o == 0 else [n_lfree + k for k in range(len(ofree))]
+    out_w = [n_lfree + k for k in range(len(wfree))] if o == 0 else list(range(len(wfree)))
+    tdims = [d for d in ofree if d != a]
+    B = x.shape[a]
+    T = math.prod(x.shape[d] for d in tdims)
+    A = jnp.transpose(x, [a, *tdims, *oc]).reshape(B, T, -1)
+    perm = [out_o[ofree.index(a)], *[out_o[ofree.index(d)] for d in tdims], *out_w]
+    deltas = _groups(pack, perm, B, T)
+    w_dims = [*wc, *wfree]
+    inv = list(np.argsort(w_dims))
+    shape_in = [w.shape[d] for d in wc]
+    shape_out = [w.shape[d] for d in wfree]
+
+    def to_w(m):
+        return jnp.transpose(m.reshape(*shape_in, *shape_out), inv)
+
+    def to_w_in(m):  # the input factor over the weight's contracting axes, in axis order
+        order = list(np.argsort(wc))
+        n = len(wc)
+        size = math.prod(shape_in)
+        m = m.reshape(*shape_in, *shape_in)
+        return jnp.transpose(m, order + [n + k for k in order]).reshape(size, size)
+
+    values, path = _reduce(A.astype(w.dtype), deltas, spec, to_w, to_w_in)
+    return values, f"dense: {path}"
+
+
+def conv_site(eqn, j, invals, ax_in, ax_out, pack, spec):
+    """``conv_general_dilated`` with the kernel (operand 1) a parameter, groups of one."""
+    p = eqn.params
+    if j != 1 or pack is None or p["feature_group_count"] != 1 or p["batch_group_count"] != 1:
+        return None
+    x, w = jnp.asarray(invals[0]), jnp.asarray(invals[1])
+    dn = p["dimension_numbers"]
+    lhs_spec, rhs_spec, out_spec = dn
+    filt = [w.shape[d] for d in rhs_spec[2:]]
+    patches = lax.conv_general_dilated_patches(
+        x, filt, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"],
+        dimension_numbers=dn, precision=p["precision"])
+    B = x.shape[lhs_spec[0]]
+    perm = [out_spec[0], *out_spec[2:], out_spec[1]]
+    T = math.prod(patches.shape[d] for d in out_spec[2:])
+    A = jnp.transpose(patches, perm).reshape(B, T, -1)
+    deltas = _groups(pack, perm, B, T)
+    # the patch features are ordered (in-channel, *spatial in rhs_spec order)
+    w_dims = [rhs_spec[1], *rhs_spec[2:], rhs_spec[0]]
+    inv = list(np.argsort(w_dims))
+    shape_in = [w.shape[d] for d in w_dims[:-1]]
+
+    def to_w(m):
+        return jnp.transpose(m.reshape(*shape_in, w.shape[rhs_spec[0]]), inv)
+
+    in_axes = w_dims[:-1]
+    order = list(np.argsort(in_axes))
+
+    def to_w_in(m):  # the input factor over the kernel's non-output axes, in axis order
+        n = len(in_axes)
+        m = m.reshape(*shape_in, *shape_in)
+        size = math.prod(shape_in)
+        return jnp.transpose(m, order + [n + k for k in order]).reshape(size, size)
+
+    values, path = _reduce(A.astype(w.dtype), deltas, spec, to_w, to_w_in)
+    return values, f"conv: {path}"
+
+
+SITE_RULES = {"dot_general": dense_site, "conv_general_dilated": conv_site}
