@@ -20,7 +20,30 @@ from jax._src import api_util, core
 from jax._src import linear_util as lu
 from jax._src.interpreters import partial_eval as pe
 
-__all__ = ["is_concrete", "trace_concrete"]
+__all__ = ["bind_equation", "custom_vjp_subfuns", "is_concrete", "trace_concrete"]
+
+
+def bind_equation(primitive: Any, params: dict, invals: list) -> Any:
+    """Binds ``primitive`` as a jaxpr equation with ``params`` does (``jax.core.eval_jaxpr``).
+
+    jax >= 0.10 returns the bind parameters alone from ``get_bind_params`` (sub-functions
+    travel inside them); earlier versions return ``(subfuns, params)``.
+    """
+    bind_params = primitive.get_bind_params(params)
+    if isinstance(bind_params, tuple):
+        subfuns, bind_params = bind_params
+        return primitive.bind(*subfuns, *invals, **bind_params)
+    return primitive.bind(*invals, **bind_params)
+
+
+def custom_vjp_subfuns(params: dict) -> tuple:
+    """``(fun, fwd, bwd)`` of a ``custom_vjp_call`` equation, as jax binds them."""
+    from jax._src import custom_derivatives as cd
+
+    bind_params = cd.custom_vjp_call_p.get_bind_params(params)
+    if isinstance(bind_params, tuple):
+        return tuple(bind_params[0])
+    return tuple(bind_params["subfuns"])
 
 
 def is_concrete(x: Any) -> bool:
@@ -76,9 +99,8 @@ class _ValuedTrace(pe.DynamicJaxprTrace):
         eqn, out_tracers = super().make_eqn(in_tracers, out_avals, primitive, params, effects,
                                             source_info, ctx)
         invals = [_value(t) for t in in_tracers]
-        bind_params = primitive.get_bind_params(params)
         with core.set_current_trace(core.eval_trace):  # values only: nothing is recorded
-            outs = primitive.bind(*invals, **bind_params)
+            outs = bind_equation(primitive, params, invals)
         outs = list(outs) if primitive.multiple_results else [outs]
         for var, val in zip(eqn.outvars, outs, strict=True):
             self.values[var] = val

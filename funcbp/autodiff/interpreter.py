@@ -28,6 +28,7 @@ import numpy as np
 from jax import lax
 from jax.extend import core
 
+from funcbp.autodiff import compat
 from funcbp.autodiff.rules import (
     FORWARD_RULES,
     VJP_RULES,
@@ -106,8 +107,7 @@ def _read(env: dict, v: Any) -> Any:
 
 def eval_eqn(eqn: core.JaxprEqn, invals: list[Any]) -> list[Any]:
     """Evaluates one equation with ``bind``, as ``jax.core.eval_jaxpr`` does."""
-    bind_params = eqn.primitive.get_bind_params(eqn.params)
-    out = eqn.primitive.bind(*invals, **bind_params)
+    out = compat.bind_equation(eqn.primitive, eqn.params, invals)
     return list(out) if eqn.primitive.multiple_results else [out]
 
 

@@ -23,6 +23,7 @@ from jax import lax
 from jax._src import ad_checkpoint, pjit
 from jax._src import custom_derivatives as cd
 
+from funcbp.autodiff import compat
 from funcbp.autodiff.rules import (
     FORWARD_RULES,
     UnsupportedPrimitiveError,
@@ -145,9 +146,8 @@ register_vjp_rule(cd.custom_jvp_call_p, custom_jvp_call_vjp, forward=custom_jvp_
 
 def custom_vjp_call_forward(*args, needs, num_consts, out_trees, **params):
     """Runs the user's ``fwd``, returning the primal outputs and the user's residuals."""
-    bind_params = cd.custom_vjp_call_p.get_bind_params(
+    _, fwd, bwd = compat.custom_vjp_subfuns(
         dict(params, num_consts=num_consts, out_trees=out_trees))
-    _, fwd, bwd = bind_params["subfuns"]
     nonzeros = [False if i < num_consts else bool(n) for i, n in enumerate(needs)]
     fwd_in = [x for pair in zip(args, nonzeros, strict=True) for x in pair]
     res_and_outs = fwd.call_wrapped(*fwd_in)
