@@ -50,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", action="store_true",
                    help="one draw per case, float32 and float64 only")
     g.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    g.add_argument("--harnesses", action="store_true",
+                   help="run jax's own primitive test harnesses through funcbp.vjp against "
+                        "jax.vjp instead (--quick: one per primitive; --only: these primitives)")
+    g.add_argument("--coverage", action="store_true",
+                   help="list the primitives jax can differentiate that have no funcbp rule")
     g = p.add_argument_group("your function (MODULE:FUNCTION)")
     g.add_argument("--args", dest="args_spec", metavar="SPEC",
                    help='input spec, e.g. \'[{"w": "f32[3,4]", "b": "f32[4]"}, "f32[2,3]"]\'')
@@ -68,6 +73,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.target:
             return _run_function(args)
+        if args.harnesses:
+            return _run_harnesses(args)
+        if args.coverage:
+            return _run_coverage(args)
         return _run_rules(args)
     except _UsageError as err:
         print(f"funcbp check: {err}", file=sys.stderr)
@@ -98,7 +107,7 @@ def _run_rules(args: argparse.Namespace) -> int:
     seeds = 1 if args.quick else args.seeds
     dtypes = ("float32", "float64") if args.quick else None
     try:
-        report = verify_rules(only, seeds=seeds, dtypes=dtypes)
+        report = _by_family(verify_rules, only, seeds=seeds, dtypes=dtypes)
     except ValueError as err:
         raise _UsageError(str(err)) from None
     if args.json:
@@ -110,6 +119,79 @@ def _run_rules(args: argparse.Namespace) -> int:
     else:
         print(report)
     return 0 if report.passed else 1
+
+
+def _progress(line: str) -> None:
+    """A progress line on stderr, so that --json output on stdout stays parseable."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def _by_family(verify_rules: Callable, only: list[str] | None, **kw: Any) -> Any:
+    """``verify_rules`` one rule family at a time, printing a line per family as it finishes
+    (a full run takes minutes; on a loaded machine, many)."""
+    import time
+
+    from funcbp.autodiff.rules import RULE_MODULES, VJP_RULES
+    from funcbp.check.rules import RulesReport
+
+    registered = {p.name: RULE_MODULES.get(p, "?").rsplit(".", 1)[-1] for p in VJP_RULES}
+    names = sorted(registered) if only is None else only
+    if any(n not in registered for n in names):
+        return verify_rules(names, **kw)  # raises the ValueError that names the unknown ones
+    families: dict[str, list[str]] = {}
+    for n in names:
+        families.setdefault(registered[n], []).append(n)
+    _progress(f"funcbp check: {len(names)} rules in {len(families)} families")
+    rules, start = [], time.perf_counter()
+    for i, (family, members) in enumerate(sorted(families.items()), 1):
+        part = verify_rules(members, **kw)
+        rules += part.rules
+        c = part.counts()
+        _progress(f"[{i}/{len(families)}] {family}: {len(members)} rules, {c['ok']} ok, "
+                  f"{c['FAIL']} failed, {c['not exercised']} not exercised "
+                  f"({part.seconds:.1f} s)")
+    return RulesReport(rules, time.perf_counter() - start)
+
+
+def _run_harnesses(args: argparse.Namespace) -> int:
+    from funcbp.check.harnesses import run_harnesses, select_harnesses
+
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    subset = "fast" if args.quick else "all"
+    total = len({h.group_name for h, _ in select_harnesses(subset, only)})
+    if not total:
+        raise _UsageError(f"--only {args.only}: no harness of jax exercises these primitives")
+    done = []
+
+    def progress(group: str, results: list) -> None:
+        done.append(group)
+        n_pass = sum(r.status == "pass" for r in results)
+        n_fail = sum(r.status == "FAIL" for r in results)
+        _progress(f"[{len(done)}/{total}] {group}: {len(results)} runs, {n_pass} pass, "
+                  f"{n_fail} FAIL, {len(results) - n_pass - n_fail} other "
+                  f"({sum(r.seconds for r in results):.1f} s)")
+
+    report = run_harnesses(subset, only, seed=args.seed, progress=progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1, default=_json_default))
+    elif args.markdown:
+        print(report.table(markdown=True))
+        print()
+        print(report.summary())
+    else:
+        print(report)
+    return 0 if report.passed else 1
+
+
+def _run_coverage(args: argparse.Namespace) -> int:
+    from funcbp.autodiff.coverage import coverage_report
+
+    report = coverage_report()
+    if args.json:
+        print(json.dumps(report._asdict() | {"stale": report.stale()}, indent=1))
+    else:
+        print(report)
+    return 0 if not report.missing and not report.stale() else 1
 
 
 def _run_function(args: argparse.Namespace) -> int:
