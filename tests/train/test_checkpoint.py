@@ -144,3 +144,19 @@ def test_dtype_mismatch_is_named(tmp_path):
     save_checkpoint(tmp_path / "c.ckpt", {"w": jnp.ones(3, jnp.float32)}, step=1, epoch=1)
     with pytest.raises(CheckpointError, match=r"'w' is float32\[3\] .* but float16\[3\]"):
         load_checkpoint(tmp_path / "c.ckpt", like={"w": jnp.ones(3, jnp.float16)})
+
+
+def test_data_state_and_loading_without_a_template(tmp_path):
+    """What a mid-epoch resume and a parameter export need (issue 17): the data order's state,
+    and the leaves by path without building the model first."""
+    tree = _state()
+    state = {"epoch": 3, "batch": 17, "permutation_key": [1, 2]}
+    path = save_checkpoint(tmp_path / "c.ckpt", tree, step=5, epoch=3, data_state=state)
+    ckpt = load_checkpoint(path)
+    assert ckpt.data_state == state and ckpt.format == 2
+    flat = {k: np.asarray(v) for k, v in ckpt.tree.items()}
+    np.testing.assert_array_equal(flat["params/dense_0/w"], tree["params"]["dense_0"]["w"])
+    assert len(flat) == len(jax.tree.leaves(tree))
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        save_checkpoint(tmp_path / "d.ckpt", tree, step=1, epoch=1, metadata={"f": object()})
+    assert not (tmp_path / "d.ckpt").exists()
