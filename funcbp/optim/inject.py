@@ -202,8 +202,9 @@ def inject_hyperparams(
                 other[name] = value
 
         # Build once with the starting values, so bad hyperparameters fail here and not at
-        # the first update.
-        inner_factory(**other, **numeric, **{k: f(f.init()) for k, f in schedules.items()})
+        # the first update (a stateful schedule may need extra args to give a value: skip).
+        if all(isinstance(f, WrappedSchedule) for f in schedules.values()):
+            inner_factory(**other, **numeric, **{k: f(f.init()) for k, f in schedules.items()})
 
         def init(params):
             dtype = hyperparam_dtype or _highest_dtype(params)

@@ -71,13 +71,14 @@ def optimizer_options(name: str) -> dict[str, Any]:
 def from_name(
     name: str, learning_rate: ScalarOrSchedule, *, inject: bool = False, **options: Any
 ) -> GradientTransformationExtraArgs:
-    """Build the optimiser called `name` (`sgd`, `momentum`, `nesterov`, `adam`, `adamw`,
-    `rmsprop`, `adagrad`, `lion`, `adafactor`) with a learning rate and options.
+    """Build an optimiser from its name, a learning rate and that optimiser's options.
 
-    `from_name(name, lr, **options)` is `OPTIMIZERS[name](lr, **options)`: the options are
-    that alias's keyword arguments (see `optimizer_options(name)`), checked before anything
-    is built. Hyperparameters are checked by the alias: momentum, `b1`, `b2`, `decay` in
-    `[0, 1)`, `eps > 0`, `learning_rate >= 0` or a schedule, weight decay `>= 0`.
+    Names: `sgd`, `momentum`, `nesterov`, `adam`, `adamw`, `rmsprop`, `adagrad`, `lion`,
+    `adafactor`. `from_name(name, lr, **options)` is `OPTIMIZERS[name](lr, **options)`: the
+    options are that alias's keyword arguments (see `optimizer_options(name)`), checked
+    before anything is built. Hyperparameters are checked by the alias: momentum, `b1`,
+    `b2`, `decay` in `[0, 1)`, `eps > 0`, `learning_rate >= 0` or a schedule, weight decay
+    `>= 0`.
 
     Args:
         name: the optimiser's name, case-insensitive.
