@@ -171,6 +171,17 @@ def test_complex_to_real_cast_differentiates_without_a_spurious_warning():
     np.testing.assert_array_equal(ours[0], ref_pull(jnp.array([1.0, 2.0, -1.0]))[0])
 
 
+def test_real_operand_of_a_complex_product_gets_a_real_cotangent_without_warnings():
+    f = lambda x, z: lax.dot_general(x, z, (((1,), (0,)), ((), ())))  # noqa: E731
+    x, z, ct = np.ones((2, 3)), _z(9, 3, 2), _z(10, 2, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # casting complex to real is deprecated in jax
+        ours = funcbp.vjp(f, x, z)[1](ct)
+    for a, b in zip(ours, jax.vjp(f, x, z)[1](ct), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
 @pytest.mark.parametrize("f,prim", [
     (lambda z: jnp.real(jnp.max(z)), "reduce_max"),
     (lambda z: jnp.real(jnp.sort(z)[0]), "sort"),

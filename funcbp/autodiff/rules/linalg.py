@@ -70,6 +70,14 @@ def _operand_ct(ct, other, *, own_ndim, own_contract, own_batch, other_contract,
     return r
 
 
+def _cast(r, dtype):
+    """``r`` in the operand's dtype. A real operand of a complex product keeps the real part of
+    its cotangent (jax's convention), taken explicitly: casting complex to real is deprecated."""
+    if jnp.iscomplexobj(r) and not jnp.issubdtype(dtype, jnp.complexfloating):
+        r = lax.real(r)
+    return r if r.dtype == dtype else r.astype(dtype)
+
+
 @vjp_rule(lax.dot_general_p, handles_complex=True)
 def dot_general_vjp(ct, lhs, rhs, *, dimension_numbers, precision=None,
                     preferred_element_type=None, **params):
@@ -85,12 +93,12 @@ def dot_general_vjp(ct, lhs, rhs, *, dimension_numbers, precision=None,
         r = _operand_ct(ct, rhs, own_ndim=lhs.ndim, own_contract=list(lc), own_batch=list(lb),
                         other_contract=list(rc), other_batch=list(rb), ct_free=ct_rhs_free,
                         precision=precision, dtype=ct.dtype)
-        return r.astype(lhs_dtype) if r.dtype != lhs_dtype else r
+        return _cast(r, lhs_dtype)
 
     def d_rhs():
         r = _operand_ct(ct, lhs, own_ndim=rhs.ndim, own_contract=list(rc), own_batch=list(rb),
                         other_contract=list(lc), other_batch=list(lb), ct_free=ct_lhs_free,
                         precision=precision, dtype=ct.dtype)
-        return r.astype(rhs_dtype) if r.dtype != rhs_dtype else r
+        return _cast(r, rhs_dtype)
 
     return (d_lhs, d_rhs)

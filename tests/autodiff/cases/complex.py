@@ -104,6 +104,9 @@ CASES = [
          lambda z: jnp.arcsinh(z) + jnp.arccosh(z + 2.0) + jnp.arctanh(z),
          args(cnormal(*S, scale=0.5))),
     Case("complex_dot_general", lambda a, b: a @ b, args(cnormal(3, 4), cnormal(4, 5))),
+    Case("complex_dot_general_real_by_complex",
+         lambda x, z: lax.dot_general(x, z, (((1,), (0,)), ((), ()))),
+         args(normal(3, 4), cnormal(4, 5))),
     Case("complex_dot_general_batched", lambda a, b: jnp.einsum("bij,bkj->bki", a, b),
          args(cnormal(2, 3, 4), cnormal(2, 5, 4))),
     Case("complex_reductions", lambda z: jnp.sum(z, 0) + jnp.prod(z, 0) + jnp.cumsum(z, 0)[-1]
