@@ -250,12 +250,12 @@ def _ct_spec(spec: Any) -> Any:
 
 
 def _residual_spec(x: Any, mesh: Any, check_vma: bool, newly_manual_axes: frozenset) -> Any:
-    """The out spec of a residual: its leading axis split over the axes it varies across."""
-    if check_vma:
+    """The out spec of a residual: its leading axis split over the axes it varies across (all
+    of this shard_map's axes without vma types: every device's value is kept)."""
+    names = tuple(n for n in mesh.axis_names if n in newly_manual_axes)
+    if check_vma:  # axes of an enclosing shard_map stay in the value's type outside this one
         varying = jax_core.typeof(x).mat.varying
-        names = tuple(n for n in mesh.axis_names if n in varying)
-    else:  # no type information: every device's value is kept
-        names = tuple(n for n in mesh.axis_names if n in newly_manual_axes)
+        names = tuple(n for n in names if n in varying)
     return jax.sharding.PartitionSpec(names) if names else jax.sharding.PartitionSpec()
 
 
