@@ -97,6 +97,14 @@ def where(eqn: core.JaxprEqn) -> str:
         return "unknown location"
 
 
+def _writes_reference(eqn: core.JaxprEqn) -> bool:
+    """A write into a reference the function did not create (its own are discharged into values
+    when it is traced): no output carries the written value, which must not be lost silently."""
+    from jax._src.state.types import RefEffect
+
+    return any(isinstance(e, RefEffect) for e in eqn.effects)
+
+
 def _is_var(v: Any) -> bool:
     return not isinstance(v, core.Literal)
 
@@ -244,7 +252,7 @@ def forward(jaxpr: core.Jaxpr, consts: list[Any], args: list[Any],
         needs = tuple(_is_var(v) and v in active for v in eqn.invars)
         if any(needs) and propagates(eqn):
             float_outs = [v for v in eqn.outvars if is_differentiable(v.aval)]
-            if float_outs:
+            if float_outs or _writes_reference(eqn):
                 if eqn.primitive not in VJP_RULES:
                     rule_for(eqn.primitive, location(eqn))  # raises UnsupportedPrimitiveError
                 check_complex(eqn.primitive, [v.aval for v in (*eqn.invars, *eqn.outvars)],

@@ -27,7 +27,7 @@ from jax._src.state import discharge as state_discharge
 from jax._src.state import types as state_types
 from jax.extend import core
 
-from funcbp.autodiff.rules import UnsupportedPrimitiveError, register_vjp_rule
+from funcbp.autodiff.rules import NO_RULE_HINTS, UnsupportedPrimitiveError, register_vjp_rule
 
 __all__ = ["discharge"]
 
@@ -110,3 +110,13 @@ def run_state_vjp(cts, *args, res, **params):
 
 register_vjp_rule(state_discharge.run_state_p, run_state_vjp, forward=run_state_forward,
                   handles_complex=True)
+
+
+# References the function did not create stay references; writing a differentiated value into
+# one would drop its gradient, so the walk refuses (jax refuses too).
+for _name in ("get", "swap", "addupdate"):
+    NO_RULE_HINTS[_name] = (
+        "a differentiated value is written into a reference created outside the "
+        "differentiated function (jax refuses this too). Create the reference inside the "
+        "function with jax.new_ref, pass its contents as an argument, or write "
+        "lax.stop_gradient(value) if no gradient should flow through it")
