@@ -60,7 +60,7 @@ def _divide_transpose(r, ct):
 
 
 def _run_state(x, w):
-    from jax.experimental.pallas import run_state
+    from jax._src.state.discharge import run_state  # jax.experimental.pallas.run_state
 
     def body(refs):
         a, b = refs

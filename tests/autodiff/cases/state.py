@@ -4,7 +4,7 @@
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.experimental.pallas import run_state
+from jax._src.state.discharge import run_state  # exported as jax.experimental.pallas.run_state
 
 from tests.autodiff.cases import Case, args, normal
 
