@@ -291,9 +291,9 @@ if _hi_primitive_p() is not None:
 # --- more call-like primitives: name, closed_call, call, device_put, custom_vmap, linear_call --
 #
 # `custom_lin` has no rule on purpose: it is the linear half of a custom_vjp that jax.jvp or
-# jax.linearize leaves in a jaxpr, and evaluating it raises jax's "can't apply forward-mode
-# autodiff (jvp) to a custom_vjp function" -- in jax as in funcbp, whose forward pass must
-# evaluate it first. Only jax.linear_transpose consumes it.
+# jax.linearize leaves in a jaxpr. Evaluating it raises jax's "can't apply forward-mode autodiff
+# (jvp) to a custom_vjp function" and jax.grad refuses it too; only jax.linear_transpose
+# consumes it. The walk refuses it with the hint at the end of this module.
 
 from jax._src import core as _jax_core  # noqa: E402
 from jax._src import custom_batching as _custom_batching  # noqa: E402
@@ -417,3 +417,8 @@ for _name in ("pure_callback", "io_callback"):
         "a callback runs Python code that funcbp cannot see into. Wrap the function that "
         "calls it in jax.custom_vjp and give it a bwd rule (funcbp calls your bwd), as jax "
         "asks for its own gradients of callbacks")
+NO_RULE_HINTS["custom_lin"] = (
+    "this is the linear half of a jax.custom_vjp function that jax.jvp or jax.linearize left "
+    "in the program; a custom_vjp function has no forward-mode derivative, so it cannot be "
+    "evaluated or differentiated here (jax refuses too). Differentiate the function itself, "
+    "or give it a jax.custom_jvp rule if you need its jvp")
