@@ -23,17 +23,19 @@ output columns without forming per-example gradients.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax._src.core import eval_jaxpr as _eval_jaxpr
 from jax.extend import core
 
 from funcbp.autodiff import interpreter
 from funcbp.autodiff.extend import curvature, sites
-from funcbp.autodiff.extend.batch_axes import Analysis
+from funcbp.autodiff.extend.batch_axes import MIXED, Analysis
 from funcbp.autodiff.rules import FORWARD_RULES
 
 __all__ = ["Pack", "PassengerCarrier", "Spec"]
@@ -181,7 +183,8 @@ class _Walk:
             got = [None if g is None else g.reshape(flat[1] + g.shape[1:]) for g in got]
             in_modes = [mode] * len(needs)
         elif spec.per_example and (unbatched_need or "examples" in modes):
-            got = _per_example(eqn, stacked, invals, outs, needs, residuals, ax_in, ax_out)
+            got = _per_example(_one_example(self.an, eqn), stacked, invals, outs, needs,
+                               residuals, _carried_axes(self.an, eqn, ax_in), ax_out)
             in_modes = ["batched" if a is not None else "examples" for a in ax_in]
         else:
             got = _columns(eqn, stacked, invals, outs, needs, residuals, ax_out)
@@ -265,6 +268,64 @@ def _columns(eqn, stacked, invals, outs, needs, residuals, ax_out) -> list:
         return _rule(eqn, cts, invals, outs, needs, residuals)
 
     return jax.vmap(one)([stacked[k] for k in live])
+
+
+def _one_example(an: Analysis, eqn: Any) -> Any:
+    """``eqn`` with its sub-jaxprs (a scan's body, a cond's branches) retraced for one example:
+    the rules walk those bodies, whose types must match the size-one example axis."""
+    subs = {id(s.jaxpr): s for s in an.subs.values()}
+    changed = {}
+    for key, val in eqn.params.items():
+        many = isinstance(val, (tuple, list))
+        items = list(val) if many else [val]
+        if not any(isinstance(v, core.ClosedJaxpr) and id(v.jaxpr) in subs for v in items):
+            continue
+        new = []
+        for v in items:
+            if isinstance(v, core.ClosedJaxpr) and id(v.jaxpr) in subs:
+                sub = subs[id(v.jaxpr)]
+                avals = []
+                for var in v.jaxpr.invars:
+                    shape = list(var.aval.shape)
+                    a = sub.axis(var)
+                    if a is not None and a is not MIXED:
+                        shape[a] = 1
+                    avals.append(jax.ShapeDtypeStruct(tuple(shape), var.aval.dtype))
+                try:
+                    v = jax.make_jaxpr(partial(_eval_jaxpr, v.jaxpr, v.consts))(*avals)
+                except Exception as err:  # a body with the batch size written into it
+                    raise NotImplementedError(
+                        f"funcbp.quantities: per-example quantities through the "
+                        f"'{eqn.primitive.name}' at {interpreter.where(eqn)} need its body for "
+                        f"one example, and retracing it failed ({type(err).__name__}: {err}); "
+                        "a body that builds arrays of the batch size (jnp.zeros((B, ...))) "
+                        "should take them as inputs instead") from err
+            new.append(v)
+        changed[key] = tuple(new) if many else new[0]
+    return eqn.replace(params=dict(eqn.params, **changed)) if changed else eqn
+
+
+def _carried_axes(an: Analysis, eqn: Any, ax_in: list) -> list:
+    """A scan's unbatched initial carry (``jnp.zeros((B, H))``) that becomes batched in the
+    loop is the same for every example: each example takes its slice at the carry's axis."""
+    if eqn.primitive.name != "scan":
+        return ax_in
+    sub = next((s for (k, name), s in an.subs.items() if name == "body"
+                and s.jaxpr is eqn.params["jaxpr"].jaxpr), None)
+    if sub is None:
+        return ax_in
+    nc, nk = eqn.params["num_consts"], eqn.params["num_carry"]
+    out = list(ax_in)
+    for k in range(nc, nc + nk):
+        inner = sub.axis(sub.jaxpr.invars[k])
+        if out[k] is None and inner is not None:
+            if isinstance(eqn.invars[k], core.Var) and eqn.invars[k] in an.active:
+                raise NotImplementedError(
+                    f"funcbp.quantities: the scan at {interpreter.where(eqn)} starts a carry "
+                    "that holds every example from a value computed from the parameters alone; "
+                    "per-example quantities of that value are not supported")
+            out[k] = inner
+    return out
 
 
 def _per_example(eqn, stacked, invals, outs, needs, residuals, ax_in, ax_out) -> list:
