@@ -67,13 +67,13 @@ def test_mixed_second_derivative_of_gammainc_matches_finite_differences():
 
 
 def test_random_samplers_differentiate_in_their_parameters_like_jax():
+    """beta (through loggamma, the log-space branch) and dirichlet, both in all parameters."""
     key = jax.random.key(5)
 
     def f(alpha, beta):
-        k1, k2, k3 = jax.random.split(key, 3)
+        k1, k2 = jax.random.split(key)
         return (jnp.sum(jax.random.beta(k1, alpha, beta) * jnp.arange(4.0))
-                + jnp.sum(jax.random.dirichlet(k2, alpha) ** 2)
-                + jnp.sum(jax.random.gamma(k3, beta, (2, 4))))
+                + jnp.sum(jax.random.dirichlet(k2, alpha) ** 2))
 
     alpha, beta = jnp.array([0.5, 1.0, 2.0, 7.0]), jnp.array([0.3, 1.5, 3.0, 0.8])
     ours, ref = jax.jit(lambda a, b: (funcbp.grad(f, (0, 1))(a, b),
