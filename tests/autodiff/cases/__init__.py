@@ -32,6 +32,8 @@ class Case:
       fd: also check against float64 central finite differences (off for kinks, ties).
       dtypes: float dtypes the case runs in.
       x64_rtol: float64 tolerance against jax.
+      reference: ``"vjp"`` (``jax.vjp`` of ``fun``), or a function computing the same values
+        that ``jax.vjp`` can differentiate, for primitives jax cannot differentiate (``pmax``).
     """
 
     name: str
@@ -44,6 +46,7 @@ class Case:
     x64_rtol: float = 1e-9
     fd_eps: float = 1e-5
     tags: tuple = field(default_factory=tuple)
+    reference: str | Callable = "vjp"
 
 
 def normal(*shape, scale=1.0):
