@@ -382,7 +382,8 @@ def _assemble(want: frozenset, leaves: list, packs: list, carrier: PassengerCarr
                     h = h + val if name.endswith("+") else h - val
             out["diag_hessian"].append(h)
         if "kfac" in want:
-            out["kfac"].append(site.get("kfac") if site is not None else None)
+            out["kfac"].append(site.get("kfac") if site is not None
+                               else carrier.kfac_results.get(k))
     return out
 
 

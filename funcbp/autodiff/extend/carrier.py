@@ -68,6 +68,14 @@ class Spec:
     batch_size: int
 
 
+class _KfacOnly:
+    """A spec asking a site for its Kronecker factors alone (the walk handles the rest)."""
+
+    def __init__(self, spec: Spec):
+        self.want = frozenset({"kfac"})
+        self.batch_size = spec.batch_size
+
+
 _RECURSE = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"}
 
 
@@ -79,6 +87,7 @@ class PassengerCarrier(interpreter.Carrier):
     spec: Spec
     pending: list = field(default_factory=list)
     site_results: dict = field(default_factory=dict)   # param leaf -> {quantity: value}
+    kfac_results: dict = field(default_factory=dict)   # param leaf -> (A, G) (batch_grad runs)
     paths: dict = field(default_factory=dict)          # param leaf -> path taken
     n_residuals: int = 0
     started: bool = False
@@ -140,17 +149,23 @@ class _Walk:
         needs = list(needs)
         result: list = [None] * len(eqn.invars)
         batched_eqn = any(a is not None for a in ax_out)
-        if batched_eqn and spec.reduce_sites and name in sites.SITE_RULES:
+        kfac_only = not spec.reduce_sites and "kfac" in spec.want
+        if batched_eqn and (spec.reduce_sites or kfac_only) and name in sites.SITE_RULES:
             for j, need in enumerate(needs):
                 v = eqn.invars[j]
                 if (need and ax_in[j] is None and v in an.params and an.uses.get(v) == 1):
+                    site_spec = _KfacOnly(spec) if kfac_only else spec
                     done = sites.SITE_RULES[name](eqn, j, invals, ax_in, ax_out[0], cts[0],
-                                                  spec)
-                    if done is not None:
-                        values, path = done
-                        self.c.site_results[an.params[v]] = values
-                        self.c.paths[an.params[v]] = path
-                        needs[j] = False
+                                                  site_spec)
+                    if done is None:
+                        continue
+                    values, path = done
+                    if kfac_only:  # per-example gradients are materialised anyway (batch_grad)
+                        self.c.kfac_results[an.params[v]] = values.get("kfac")
+                        continue
+                    self.c.site_results[an.params[v]] = values
+                    self.c.paths[an.params[v]] = path
+                    needs[j] = False
         if any(needs):
             moved = self._move(eqn, cts, invals, outs, tuple(needs), residuals, ax_in, ax_out)
             for j, pack in enumerate(moved):

@@ -37,7 +37,8 @@ def _reduce(A, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, str]:
     B, T, Din = A.shape
     want = spec.want
     out: dict = {}
-    grad = deltas.get("grad")
+    grad = deltas.get("grad") if want & {"grad", "batch_l2", "sum_grad_squared",
+                                         "variance"} else None
     path = "outer" if T == 1 else "unfold"
     if grad is not None:
         d = grad[0]
@@ -61,7 +62,9 @@ def _reduce(A, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, str]:
                 out["sum_grad_squared"] = to_w(jnp.sum(g * g, axis=0))
     diag: dict = {}
     for name, d in deltas.items():
-        if name == "grad":
+        wanted = {"ggn": want & {"diag_ggn", "diag_hessian"}, "mc": want & {"diag_ggn_mc"},
+                  "grad": ()}.get(name, want & {"diag_hessian"})
+        if not wanted:
             continue
         if T == 1:
             val = (A[:, 0] ** 2).T @ jnp.sum(d[:, :, 0] ** 2, axis=0)
