@@ -16,7 +16,6 @@ import pytest
 from jax import lax
 
 import funcbp
-from funcbp.autodiff.rules import UnsupportedPrimitiveError
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -196,10 +195,11 @@ def test_max_pool_with_window_dilation_matches_numpy_first_maximum(config):
         np.testing.assert_allclose(ours, ref, rtol=1e-12, atol=1e-12)
 
 
-def test_generic_reduce_window_is_unsupported():
-    """A product pool has no rule: a clear error, not a wrong gradient."""
+def test_generic_reduce_window_refuses_a_differentiated_init_value():
+    """A product pool has a rule (tests/autodiff/cases/conv.py); an init value that depends on
+    the input has none (jax has none either): a clear error, not a wrong gradient."""
     def prod_pool(x):
-        return lax.reduce_window(x, 1.0, lax.mul, (2,), (2,), "VALID")
+        return lax.reduce_window(x, x[0] * 0 + 1.0, lax.mul, (2,), (2,), "VALID")
 
-    with pytest.raises(UnsupportedPrimitiveError, match="reduce_window"):
+    with pytest.raises(NotImplementedError, match="init_values"):
         funcbp.grad(lambda x: jnp.sum(prod_pool(x)))(jnp.ones(4))

@@ -65,9 +65,11 @@ def _ungroup(x, axis, groups, before):
     return x.reshape(merged)
 
 
-def _same_dtype(a, b):
-    dtype = jnp.result_type(a, b)
-    return lax.convert_element_type(a, dtype), lax.convert_element_type(b, dtype)
+def _in_dtype_of(ct, a):
+    """``a`` cast to the cotangent's dtype: with ``preferred_element_type`` (bf16 inputs, f32
+    output) the backward convolutions run in the output's precision, as jax's do. An explicit
+    cast, not ``jnp.result_type``, so it works under ``jax_numpy_dtype_promotion="strict"``."""
+    return a if a.dtype == ct.dtype else lax.convert_element_type(a, ct.dtype)
 
 
 def _conv_lhs_ct(ct, lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -88,7 +90,7 @@ def _conv_lhs_ct(ct, lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dil
                                             lhs_dilation, rhs_dilation, strict=True):
         extent = (k - 1) * rd + 1
         pads.append((extent - 1 - lo, extent - 1 - hi + _conv_tail(n, k, m, s, lo, hi, ld, rd)))
-    ct, w = _same_dtype(ct, w)
+    w = _in_dtype_of(ct, w)
     dx = lax.conv_general_dilated(
         ct, w, window_strides=lhs_dilation, padding=pads, lhs_dilation=window_strides,
         rhs_dilation=rhs_dilation,
@@ -122,7 +124,7 @@ def _conv_rhs_ct(ct, lhs, rhs, *, window_strides, padding, lhs_dilation, rhs_dil
                                                        swap(rhs_spec)),
             feature_group_count=batch_group_count, batch_group_count=feature_group_count,
             precision=precision)
-    x, ct = _same_dtype(lhs, ct)
+    x = _in_dtype_of(ct, lhs)
     batch = x.shape[lhs_spec[0]]
     chunk = _batch_chunk(batch) if batch_group_count == 1 else None
     if chunk is None:

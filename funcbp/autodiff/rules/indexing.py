@@ -168,24 +168,73 @@ def scatter_vjp(ct, x, indices, updates, *, dimension_numbers, indices_are_sorte
 @vjp_rule(lax.scatter_mul_p, handles_complex=True)
 def scatter_mul_vjp(ct, x, indices, updates, *, dimension_numbers, indices_are_sorted,
                     unique_indices, mode, **params):
-    """d x.at[idx].multiply(v): ct scaled by the updates for x; ct * x at each window for v.
+    """d x.at[idx].multiply(v): ct scaled by the updates for x; for v_j, ct times the product of
+    x and the other updates written to the same position.
 
-    The updates' cotangent needs ``unique_indices=True`` (as in jax): with repeated indices the
-    derivative of one factor is the product of the others at the same position.
+    With ``unique_indices=True`` that product is ``x`` alone. With repeated indices (where jax
+    refuses) it is ``P / v_j`` for ``P = x * prod(nonzero updates there)`` when no update there is
+    zero, ``P`` for the one zero update when exactly one is, and 0 otherwise: exact with zeros.
     """
     dnums = dimension_numbers
+    window_kw = dict(mode=mode, indices_are_sorted=indices_are_sorted)
 
     def d_x():
         return lax.scatter_mul(ct, indices, updates, dnums, indices_are_sorted=indices_are_sorted,
                                unique_indices=unique_indices, mode=mode)
 
     def d_updates():
-        if not unique_indices:
-            raise NotImplementedError(
-                "funcbp: the gradient of x.at[idx].multiply(v) with respect to v is only "
-                "implemented for unique_indices=True (as in jax). If the indices never repeat, "
-                "pass unique_indices=True to .multiply(); otherwise write the product with a "
-                "one-hot mask and jnp.prod, which funcbp differentiates exactly.")
-        return gather_windows(lax.mul(ct, x), indices, np.shape(updates), dnums, mode=mode,
-                              indices_are_sorted=indices_are_sorted, unique_indices=True)
+        if unique_indices:
+            return gather_windows(lax.mul(ct, x), indices, np.shape(updates), dnums,
+                                  unique_indices=True, **window_kw)
+        zero = lax.eq(updates, lax.full_like(updates, 0))
+        one = lax.full_like(updates, 1)
+        zeros_at = lax.scatter_add(lax.full(np.shape(x), 0, ct.dtype), indices,
+                                   lax.convert_element_type(zero, ct.dtype), dnums, **window_kw)
+        nonzero_product = lax.scatter_mul(x, indices, lax.select(zero, one, updates), dnums,
+                                          **window_kw)
+        ct_product = lax.mul(ct, nonzero_product)
+        none_zero = lax.eq(zeros_at, lax.full_like(zeros_at, 0))
+        one_zero = lax.eq(zeros_at, lax.full_like(zeros_at, 1))
+        blank = lax.full_like(ct_product, 0)
+        g_none = gather_windows(lax.select(none_zero, ct_product, blank), indices,
+                                np.shape(updates), dnums, **window_kw)
+        g_one = gather_windows(lax.select(one_zero, ct_product, blank), indices,
+                               np.shape(updates), dnums, **window_kw)
+        return lax.select(zero, g_one, lax.div(g_none, lax.select(zero, one, updates)))
     return (d_x, None, d_updates)
+
+
+def _scatter_extremum_vjp(ct, x, indices, updates, out, dnums, mode, indices_are_sorted):
+    # Every contender equal to the result -- the operand value and each update written there --
+    # gets an equal share of that position's cotangent (jax's convention for max at ties). An
+    # untouched position keeps its value alone, so its share is the whole cotangent.
+    window_kw = dict(mode=mode, indices_are_sorted=indices_are_sorted)
+    won = lax.eq(updates, gather_windows(out, indices, np.shape(updates), dnums, **window_kw))
+    kept = lax.convert_element_type(lax.eq(x, out), ct.dtype)
+    winners = lax.scatter_add(lax.full(np.shape(x), 0, ct.dtype), indices,
+                              lax.convert_element_type(won, ct.dtype), dnums, **window_kw)
+    contenders = lax.max(lax.add(winners, kept), lax.full_like(kept, 1))
+    share = lax.div(ct, contenders)
+
+    def d_updates():
+        g = gather_windows(share, indices, np.shape(updates), dnums, **window_kw)
+        return lax.select(won, g, lax.full_like(g, 0))
+    return (lambda: lax.mul(share, kept), None, d_updates)
+
+
+@vjp_rule(lax.scatter_max_p)
+def scatter_max_vjp(ct, x, indices, updates, *, out, dimension_numbers, indices_are_sorted,
+                    mode, **params):
+    """d x.at[idx].max(v): each position's cotangent split equally among the operand value and
+    the updates that equal the maximum there (repeated indices and ties included)."""
+    return _scatter_extremum_vjp(ct, x, indices, updates, out, dimension_numbers, mode,
+                                 indices_are_sorted)
+
+
+@vjp_rule(lax.scatter_min_p)
+def scatter_min_vjp(ct, x, indices, updates, *, out, dimension_numbers, indices_are_sorted,
+                    mode, **params):
+    """d x.at[idx].min(v): each position's cotangent split equally among the operand value and
+    the updates that equal the minimum there (repeated indices and ties included)."""
+    return _scatter_extremum_vjp(ct, x, indices, updates, out, dimension_numbers, mode,
+                                 indices_are_sorted)

@@ -152,3 +152,76 @@ def top_k_vjp(cts, x, *, out, axis, **params):
     if ct is None:
         return (None,)
     return (_scatter_add_along(ct, out[1], axis, np.shape(x)),)
+
+
+@vjp_rule(lax.approx_top_k_p)
+def approx_top_k_vjp(cts, x, *, out, reduction_dimension, **params):
+    """d approx_max_k / approx_min_k: each value's cotangent goes back to where it was taken.
+
+    ``k``, ``is_max_k``, ``recall_target``, ``reduction_input_size_override`` and
+    ``aggregate_to_topk`` only decide which positions are selected; the returned indices say
+    which were, so the rule reads them instead of repeating the selection.
+    """
+    ct = cts[0]
+    if ct is None:
+        return (None,)
+    axis = reduction_dimension % np.ndim(x)
+    return (_scatter_add_along(ct, out[1], axis, np.shape(x)),)
+
+
+# --- lax.reduce with a custom reducer -----------------------------------------------------------
+
+def _reduce_tree(reducer, dimensions, operands, inits):
+    """``lax.reduce`` as jax differentiates it: the reducer applied pairwise in a halving tree.
+
+    The reduced axes are moved to the front and flattened; each step combines the first half
+    with the second (element ``i`` with element ``ceil(n/2) + i``), padding the second half with
+    the init values when ``n`` is odd, until one row is left. With a reducer that picks (a max,
+    an argmax) this tree decides the ties, so funcbp walks the same tree as jax's JVP.
+    """
+    shape = np.shape(operands[0])
+    kept = _kept(len(shape), dimensions)
+    out_shape = tuple(shape[d] for d in kept)
+    n = int(np.prod([shape[d] for d in dimensions], dtype=np.int64))
+    m = int(np.prod(out_shape, dtype=np.int64))
+    perm = tuple(dimensions) + kept
+    xs = [lax.reshape(lax.transpose(x, perm), (n, m)) for x in operands]
+    combine = jax.vmap(reducer)
+    while n > 1:
+        half = (n + 1) // 2
+        first = [lax.slice_in_dim(x, 0, half) for x in xs]
+        second = [lax.slice_in_dim(x, half, n) for x in xs]
+        if n - half != half:
+            second = [lax.pad(x, i, ((0, 1, 0), (0, 0, 0))) for x, i in zip(second, inits,
+                                                                              strict=True)]
+        flat = combine(*[lax.reshape(x, (half * m,)) for x in first + second])
+        xs, n = [lax.reshape(y, (half, m)) for y in flat], half
+    if n == 0:
+        return [lax.broadcast_in_dim(i, out_shape, ()) for i in inits]
+    return [lax.reshape(x, out_shape) for x in xs]
+
+
+def reduce_forward(*args, needs, jaxpr, dimensions, **params):
+    """Runs the reduction tree of :func:`_reduce_tree` through funcbp's interpreter."""
+    k = len(args) // 2
+    if any(needs[k:]):
+        raise NotImplementedError(
+            "funcbp: lax.reduce is differentiated with respect to its operands only, not its "
+            "init_values (as in jax); the init values must not depend on what is "
+            "differentiated. Use constants as init values and combine afterwards.")
+    from jax.extend.core import jaxpr_as_fun
+
+    reducer = jaxpr_as_fun(jaxpr)
+    closed = jax.make_jaxpr(
+        lambda *a: _reduce_tree(reducer, dimensions, a[:k], a[k:]))(*args)
+    return _interp().forward(closed.jaxpr, list(closed.consts), list(args), list(needs))
+
+
+@vjp_rule(lax.reduce_p, forward=reduce_forward)
+def reduce_vjp(cts, *args, res, **params):
+    """d lax.reduce(f): reverse walk of the pairwise tree of ``f`` that jax's JVP builds.
+
+    ``jaxpr`` (the reducer) and ``dimensions`` shape the tree; ``computation`` is the Python
+    function the jaxpr was traced from and adds nothing.
+    """
+    return tuple(_interp().backward(res, list(cts)))

@@ -16,9 +16,23 @@ from funcbp.autodiff.rules import vjp_rule
 __all__: list[str] = []
 
 
+def _refuse_dynamic_shape(name, dyn_shape):
+    # Older jax versions can pass dimension sizes as traced operands (jax_dynamic_shapes); the
+    # rules here read every size from static shapes, so they refuse rather than guess.
+    if dyn_shape:
+        raise NotImplementedError(
+            f"funcbp: the '{name}' rule does not support dynamic shapes (the primitive received "
+            f"{len(dyn_shape)} traced dimension size(s)); use static shapes.")
+
+
+# ``sharding`` / ``out_sharding`` parameters say where values live, never what they are, so the
+# rules of this module ignore them on purpose; every other parameter is honoured or refused.
+
+
 @vjp_rule(lax.broadcast_in_dim_p, handles_complex=True)
 def broadcast_in_dim_vjp(ct, x, *dyn_shape, shape, broadcast_dimensions, **params):
     """Broadcasting copies values, so its cotangent sums over the copies."""
+    _refuse_dynamic_shape("broadcast_in_dim", dyn_shape)
     x_shape = np.shape(x)
     summed = [d for d in range(len(shape)) if d not in broadcast_dimensions]
     summed += [broadcast_dimensions[i] for i, n in enumerate(x_shape)
@@ -28,9 +42,19 @@ def broadcast_in_dim_vjp(ct, x, *dyn_shape, shape, broadcast_dimensions, **param
 
 
 @vjp_rule(lax.reshape_p, handles_complex=True)
-def reshape_vjp(ct, x, *dyn_shape, **params):
-    """A reshape's cotangent is reshaped back."""
-    return (ct.reshape(np.shape(x)), *[None] * len(dyn_shape))
+def reshape_vjp(ct, x, *dyn_shape, dimensions=None, **params):
+    """A reshape's cotangent is reshaped back (and un-transposed when ``dimensions`` is given).
+
+    ``reshape(x, sizes, dimensions)`` is ``reshape(transpose(x, dimensions), sizes)`` (this is
+    how ``order="F"`` reaches jax), so its transpose is the reshape to the transposed shape
+    followed by the inverse permutation.
+    """
+    _refuse_dynamic_shape("reshape", dyn_shape)
+    shape = np.shape(x)
+    if dimensions is None or tuple(dimensions) == tuple(range(len(shape))):
+        return (ct.reshape(shape),)
+    moved = lax.reshape(ct, tuple(shape[d] for d in dimensions))
+    return (lax.transpose(moved, tuple(int(d) for d in np.argsort(dimensions))),)
 
 
 @vjp_rule(lax.squeeze_p, handles_complex=True)
@@ -128,3 +152,34 @@ def dynamic_update_slice_vjp(ct, x, update, *starts, **params):
     def d_update():
         return lax.dynamic_slice(ct, starts, np.shape(update))
     return (d_x, d_update, *[None] * len(starts))
+
+
+# stack, unstack and tile are primitives since jax 0.10 (jnp.stack, jnp.unstack, jnp.tile).
+
+if hasattr(lax, "stack_p"):
+    @vjp_rule(lax.stack_p, handles_complex=True)
+    def stack_vjp(ct, *operands, axis, **params):
+        """stack's cotangent is unstacked: operand i gets ``ct`` at index i along ``axis``."""
+        return tuple(lax.unstack_p.bind(ct, axis=axis))
+
+    @vjp_rule(lax.unstack_p, handles_complex=True)
+    def unstack_vjp(cts, x, *, axis, **params):
+        """unstack's cotangent stacks the pieces' cotangents (zeros where none flowed)."""
+        shape = np.shape(x)
+        piece = shape[:axis] + shape[axis + 1:]
+        dtype = next(ct.dtype for ct in cts if ct is not None)
+        pieces = [jnp.zeros(piece, dtype) if ct is None else ct for ct in cts]
+        return (lax.stack_p.bind(*pieces, axis=axis),)
+
+if hasattr(lax, "tile_p"):
+    @vjp_rule(lax.tile_p, handles_complex=True)
+    def tile_vjp(ct, x, *, reps, **params):
+        """tile copies ``x`` ``reps[d]`` times along each dim d; the copies' cotangents add up.
+
+        ``out[r * n + i] = x[i]`` along a dim of size ``n``, so ``ct`` reshaped to
+        ``(reps_0, n_0, reps_1, n_1, ...)`` is summed over the ``reps`` axes.
+        """
+        shape = np.shape(x)
+        blocks = lax.reshape(ct, tuple(k for r, n in zip(reps, shape, strict=True)
+                                       for k in (r, n)))
+        return (lax.reduce_sum(blocks, tuple(range(0, 2 * len(shape), 2))),)

@@ -32,8 +32,10 @@ class Case:
       fd: also check against float64 central finite differences (off for kinks, ties).
       dtypes: float dtypes the case runs in.
       x64_rtol: float64 tolerance against jax.
-      reference: ``"vjp"`` (``jax.vjp`` of ``fun``), or a function computing the same values
-        that ``jax.vjp`` can differentiate, for primitives jax cannot differentiate (``pmax``).
+      reference: ``"vjp"`` (``jax.vjp``) or ``"jvp"``: for primitives jax differentiates in
+        forward mode only (generic ``reduce_window``), the Jacobian built column by column with
+        ``jax.jvp`` and transposed; or a function computing the same values that ``jax.vjp``
+        can differentiate, for primitives jax cannot differentiate at all (``pmax``).
     """
 
     name: str

@@ -6,6 +6,7 @@ on integer-valued inputs (many ties inside every window) to pin jax's first-maxi
 
 from functools import partial
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -122,4 +123,81 @@ POOL_CASES = [
          args(normal(2, 5, 6, 3))),
 ]
 
-CASES = CONV_CASES + POOL_CASES
+# --- the windowed primitives jax's own derivatives emit, and generic reduce_window -------------
+
+def _pool_grad(kind, window, strides, padding):
+    """jax.grad of a pooled loss: emits select_and_scatter_add(ct(x), x) (ge for max, le min)."""
+    def loss(x):
+        return jnp.sum(jnp.tanh(_pool(kind, x, window_dimensions=window, window_strides=strides,
+                                      padding=padding)) ** 2)
+    return jax.grad(loss)
+
+
+def _pool_jvp(kind, window, strides, padding, **params):
+    """jax.jvp of a pool: emits select_and_gather_add(t, x)."""
+    def pool(x):
+        return _pool(kind, x, window_dimensions=window, window_strides=strides, padding=padding,
+                     **params)
+    return lambda x, t: jax.jvp(pool, (x,), (t,))[1] * pool(x)
+
+
+def _first_max(a, b):
+    return lax.select(a >= b, a, b)
+
+
+def _argmax_reducer(a, b):
+    (va, ia), (vb, ib) = a, b
+    pick = (va > vb) | ((va == vb) & (ia < ib))
+    return lax.select(pick, va, vb), lax.select(pick, ia, ib)
+
+
+def _window_argmax(x):
+    idx = lax.broadcasted_iota(x.dtype, x.shape, 2) + 0.0 * x
+    value, where = lax.reduce_window((x, idx), (-jnp.inf, jnp.inf), _argmax_reducer,
+                                     (1, 3, 3, 1), (1, 1, 2, 1), "VALID")
+    return value * where
+
+
+def reduce_window_case(name, fun, shape, sampler=normal, fd=True):
+    """A generic reduce_window case: jax reverses none, so the reference is jax.jvp's Jacobian."""
+    return Case(f"reduce_window_{name}", fun, args(sampler(*shape)),
+                fd=fd and sampler is not ties, reference="jvp")
+
+
+WINDOW_CASES = [
+    # ties only where jax is consistent with itself: with padding, jax's transpose of
+    # select_and_scatter_add (select_and_gather_add) breaks ties in another order than the
+    # select_and_scatter_add it transposes; tests/autodiff/test_windows.py covers that case
+    Case("select_and_scatter_add_max_ties", _pool_grad("max", (1, 3, 3, 1), (1, 2, 2, 1),
+                                                       "VALID"),
+         args(ties(2, 7, 6, 3)), fd=False),
+    Case("select_and_scatter_add_max_same", _pool_grad("max", (1, 3, 3, 1), (1, 2, 2, 1),
+                                                       "SAME"), args(normal(2, 7, 6, 3))),
+    Case("select_and_scatter_add_max", _pool_grad("max", (1, 2, 2, 1), (1, 2, 2, 1), "VALID"),
+         args(normal(2, 6, 4, 3))),
+    Case("select_and_scatter_add_min_overlap_ties",
+         _pool_grad("min", (1, 3, 2, 1), (1, 1, 1, 1), "VALID"), args(ties(2, 5, 6, 2)),
+         fd=False),
+    Case("select_and_scatter_add_min_padded",
+         _pool_grad("min", (1, 3, 2, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (0, 1), (0, 0))),
+         args(normal(2, 5, 6, 2))),
+    Case("select_and_gather_add_max_ties", _pool_jvp("max", (1, 3, 3, 1), (1, 2, 2, 1), "SAME"),
+         args(ties(2, 7, 6, 3), normal(2, 7, 6, 3)), fd=False),
+    Case("select_and_gather_add_min", _pool_jvp("min", (1, 2, 3, 1), (1, 2, 1, 1), "VALID"),
+         args(normal(2, 6, 5, 2), normal(2, 6, 5, 2))),
+    Case("select_and_gather_add_base_dilation_ties",
+         _pool_jvp("max", (1, 3, 2), (1, 2, 1), ((0, 0), (1, 1), (0, 1)),
+                   base_dilation=(1, 2, 2)), args(ties(2, 5, 4), normal(2, 5, 4)), fd=False),
+    reduce_window_case("product_same", lambda x: lax.reduce_window(
+        x, 1.0, lax.mul, (1, 3, 2, 1), (1, 2, 1, 1), "SAME"), (2, 5, 4, 2)),
+    reduce_window_case("product_dilations_negative_pad", lambda x: lax.reduce_window(
+        x, 1.0, lax.mul, (1, 2, 2), (1, 1, 2), ((0, 0), (1, -1), (2, 1)),
+        base_dilation=(1, 2, 1), window_dilation=(1, 1, 2)), (2, 4, 5)),
+    reduce_window_case("select_first_max_ties", lambda x: lax.reduce_window(
+        x, -jnp.inf, _first_max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID"), (2, 7, 6, 2), ties),
+    reduce_window_case("variadic_argmax_ties", _window_argmax, (2, 6, 5, 2), ties),
+    reduce_window_case("empty_output", lambda x: lax.reduce_window(
+        x, 1.0, lax.mul, (1, 4), (1, 1), "VALID") + 0.0, (2, 3)),
+]
+
+CASES = CONV_CASES + POOL_CASES + WINDOW_CASES

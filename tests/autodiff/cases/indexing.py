@@ -109,3 +109,27 @@ CASES = [
         jnp.arange(-3.0, 3.0, dtype=x.dtype)[:, None] + 0.5),
          args(normal(4, 3), DUPS)),
 ]
+
+
+def _grid(*shape):
+    """Values in {-2, ..., 2}: the operand and repeated updates tie often."""
+    def draw(key, dtype):
+        return jax.random.randint(key, shape, -2, 3).astype(dtype)
+    return draw
+
+
+CASES += [
+    # --- scatter-max / scatter-min: repeated indices, ties between updates and with the operand
+    Case("scatter_max_duplicates_ties", lambda x, i, v: at(x)[i].max(v),
+         args(_grid(4, 3), DUPS, _grid(6, 3)), fd=False),
+    Case("scatter_min_duplicates_ties", lambda x, i, v: at(x)[i].min(v),
+         args(_grid(4, 3), DUPS, _grid(6, 3)), fd=False),
+    Case("scatter_max_duplicates", lambda x, i, v: at(x)[i].max(v),
+         args(normal(4, 3), DUPS, normal(6, 3))),
+    Case("scatter_min_unique_columns", lambda x, i, v: at(x)[:, i].min(v),
+         args(normal(3, 5), fixed(4, 0, 2), normal(3, 3))),
+    Case("scatter_max_drop_out_of_bounds", lambda x, i, v: at(x)[i].max(v, mode="drop"),
+         args(normal(5), OOB, normal(7))),
+    Case("scatter_max_vmap_duplicates", jax.vmap(lambda r, i, v: r.at[i].max(v)),
+         args(_grid(2, 5), ints(0, 3, 2, 4), _grid(2, 4)), fd=False),
+]

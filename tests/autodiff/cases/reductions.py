@@ -64,3 +64,45 @@ CASES += [
          args(ties(6, 2), ties(6, 2), normal(6, 2)), fd=False),
     Case("top_k", lambda x: lax.top_k(x, 3)[0], args(normal(2, 6))),
 ]
+
+
+# --- lax.reduce with a custom reducer (jax differentiates it through a pairwise tree) ---
+
+def _argmax_reducer(a, b):
+    (va, ia), (vb, ib) = a, b
+    pick = (va > vb) | ((va == vb) & (ia < ib))
+    return lax.select(pick, va, vb), lax.select(pick, ia, ib)
+
+
+def _reduce_argmax(x):
+    # the index operand is a float function of x (jax's tree JVP needs a tangent for it)
+    idx = lax.broadcasted_iota(x.dtype, x.shape, 0) + 0.0 * x
+    value, where = lax.reduce((x, idx), (-jnp.inf, jnp.inf), _argmax_reducer, (0,))
+    return value * where
+
+
+def _first_max(a, b):
+    return lax.select(a >= b, a, b)
+
+
+CASES += [
+    Case("laxreduce_variadic_argmax_ties", _reduce_argmax, args(ties(5, 3, 2)), fd=False),
+    Case("laxreduce_select_ties", lambda x: lax.reduce(x, -jnp.inf, _first_max, (0, 2)),
+         args(ties(5, 3, 3)), fd=False),
+    Case("laxreduce_max_not_identity_init", lambda x: lax.reduce(x, -1.0, lax.max, (1,)),
+         args(ties(3, 7)), fd=False),
+    # odd sizes: the tree pads the second half with the init value
+    Case("laxreduce_smooth", lambda x: lax.reduce(0.3 * x, 0.0, lambda a, b: a * b + a + b,
+                                                      (0, 2)), args(normal(5, 2, 3))),
+    Case("laxreduce_two_outputs", lambda x, y: lax.reduce(
+        (x, y), (0.0, 1.0), lambda a, b: (a[0] + b[0] * a[1], a[1] * b[1]), (1,)),
+         args(normal(2, 5), uniform(0.5, 1.5, 2, 5))),
+    Case("laxreduce_size1_and_empty", lambda x, y: (
+        lax.reduce(x, 1.0, lambda a, b: a * b + 0.0 * a, (1,)),
+        lax.reduce(y, 1.0, lambda a, b: a * b + 0.0 * a, (0,))),
+         args(normal(3, 1), normal(0, 2))),
+    # --- approx_max_k / approx_min_k (exact on CPU; the rule reads the returned indices)
+    Case("approx_max_k", lambda x: lax.approx_max_k(x, 2)[0], args(normal(3, 6))),
+    Case("approx_min_k_dim0_ties", lambda x: lax.approx_min_k(x, 3, reduction_dimension=0)[0],
+         args(ties(6, 2)), fd=False),
+]

@@ -34,3 +34,29 @@ CASES = [
          lambda x, u: lax.dynamic_update_slice(x, u, (jnp.int32(1), jnp.int32(1))),
          args(normal(4, 5), normal(2, 3))),
 ]
+
+W24 = jnp.arange(24.0).reshape(4, 6)  # distinct weights: a permuted cotangent cannot pass
+
+CASES += [
+    # reshape with `dimensions` (order="F"): the cotangent must be un-transposed, not reshaped
+    Case("reshape_ravel_order_f", lambda x: jnp.arange(12.0) * jnp.ravel(x, order="F"),
+         args(normal(3, 4))),
+    Case("reshape_order_f", lambda x: W24 * jnp.reshape(x, (4, 6), order="F"),
+         args(normal(2, 3, 4))),
+    Case("reshape_lax_dimensions", lambda x: W24 * lax.reshape(x, (4, 6), (2, 0, 1)),
+         args(normal(2, 3, 4))),
+    Case("reshape_dimensions_size1_empty", lambda x, y: (
+        lax.reshape(x, (3, 1, 2), (1, 0, 2)), lax.reshape(y, (0, 2), (1, 0))),
+         args(normal(1, 3, 2), normal(2, 0))),
+    # stack / unstack / tile (primitives since jax 0.10)
+    Case("stack", lambda x, y: jnp.stack([x, y * x, x], axis=1), args(normal(3, 4), normal(3, 4))),
+    Case("stack_last_axis_single", lambda x: jnp.stack([x], axis=-1) * 2.0, args(normal(3, 2))),
+    Case("stack_empty", lambda x, y: jnp.stack([x, y]), args(normal(0, 3), normal(0, 3))),
+    Case("unstack_some_unused", lambda x: (lambda p: p[2] * p[0])(jnp.unstack(x, axis=1)),
+         args(normal(3, 4))),
+    Case("unstack_size1", lambda x: jnp.unstack(x, axis=0)[0] * 3.0, args(normal(1, 4))),
+    Case("tile", lambda x: jnp.tile(x, (2, 1, 3)) * jnp.arange(36.0).reshape(2, 2, 9),
+         args(normal(2, 3))),
+    Case("tile_size1_and_zero_reps", lambda x, y: (jnp.tile(x, (3, 2)), jnp.tile(y, (0, 2))),
+         args(normal(1, 2), normal(2, 3))),
+]
