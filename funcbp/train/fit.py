@@ -132,6 +132,21 @@ def default_run_dir(config: TrainConfig, root: str | os.PathLike = "runs") -> Pa
     return path
 
 
+def _claim_default_run_dir(config: TrainConfig) -> Path:
+    """A new default run directory, created here so that runs started in the same second (a
+    sweep launched at once) each get their own rather than meeting at one lock."""
+    if jax.process_index() != 0:  # only process 0 writes; the others never create it
+        return default_run_dir(config)
+    base = default_run_dir(config)
+    path, k = base, 1
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            path, k = base.with_name(f"{base.name}-{k}"), k + 1
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """The records of ``run_dir/metrics.jsonl`` (epoch lines, then the test line).
 
@@ -181,7 +196,8 @@ def plot_history(history: Sequence[dict], run_dir: str | os.PathLike) -> list[Pa
 
 def _save_whole(path: Path, save: Callable[[Path], Any]) -> None:
     """``save(tmp)`` then rename over ``path``: a plot is whole or absent, errors name it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Keep the suffix last: matplotlib picks the format from it.
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         save(tmp)
         os.replace(tmp, path)
@@ -227,6 +243,25 @@ def _nonfinite_message(metrics: dict, step: int, epoch: int, batch: int, params:
     return "; ".join(parts)
 
 
+def _nonfinite_origin(snapshot, bad_index, step_fn, train_step, host, xs, ys, key) -> str:
+    """Where the bad step's NaN started: replays the steps since ``snapshot`` (the same compiled
+    step, so the same numbers) to the bad step's parameters, then runs
+    :func:`funcbp.find_nonfinite` on its batch eagerly. Only runs after a bad step."""
+    try:
+        start, (params, opt_state) = snapshot
+        for j in range(start, bad_index):
+            params, opt_state, _ = step_fn(params, opt_state, (xs[j], ys[j]),
+                                           jax.random.fold_in(key, j))
+        report = train_step.locate_nonfinite(host(params), (np.asarray(xs[bad_index]),
+                                                            np.asarray(ys[bad_index])),
+                                             jax.random.fold_in(key, bad_index))
+    except Exception as err:  # the diagnosis must never hide the error it explains
+        return f"\n(could not locate where it started: {type(err).__name__}: {err})"
+    if report.first is None:
+        return "\n(re-running the step eagerly gave finite values; no origin found)"
+    return f"\nwhere it started: {report.first}"
+
+
 def fit(
     config: TrainConfig | None = None,
     *,
@@ -265,7 +300,7 @@ def fit(
     if overrides:
         config = dataclasses.replace(config, **overrides)
     if run_dir is None:
-        run_dir = default_run_dir(config)
+        run_dir = _claim_default_run_dir(config)
     run_dir = Path(run_dir)
     with _locked(run_dir, log):
         latest = run_dir / "checkpoints" / "latest.ckpt"
@@ -447,6 +482,8 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet)
         checked, last_sync = 0, time.perf_counter()
         for i in range(steps_per_epoch):
+            if i == checked:  # a copy to replay from if a NaN shows up before the next check
+                snapshot = (i, jax.tree.map(jnp.copy, (params, opt_state)))
             if not compiled:
                 # The first call traces and compiles the step (seconds to a minute on a CPU):
                 # say so, rather than showing a bar stuck at 0.
@@ -485,6 +522,8 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
             else:
                 kind, message = "nonfinite", _nonfinite_message(
                     bad, step + bad_index + 1, epoch + 1, bad_index + 1, host(params), where)
+                message += _nonfinite_origin(snapshot, bad_index, step_fn, train_step, host,
+                                             xs, ys, steps_key)
             write(rundir.append_jsonl, metrics_path, {"type": kind, "epoch": epoch + 1,
                                                       "step": step + bad_index + 1,
                                                       "message": message})

@@ -95,7 +95,9 @@ class _Bar:
 def reference(tmp_path_factory):
     """One uninterrupted run, shared by the xdist workers (the first to get here trains it):
     ``(final params and opt_state, run directory, what its progress bars were told)``."""
-    shared = tmp_path_factory.getbasetemp().parent / "funcbp-faults-reference"
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker's basetemp is a child of the session's: share that parent.
+    shared = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "faults-ref"
     shared.mkdir(exist_ok=True)
     run, told = shared / "run", shared / "bars.json"
     with open(shared / "lock", "w") as lock:
