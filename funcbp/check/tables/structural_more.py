@@ -1,9 +1,10 @@
 """``funcbp check`` records for the structural, reduction, indexing and windowed rules added for
 issue 18: reshape's ``dimensions`` (``order="F"``), stack/unstack/tile, ``lax.reduce`` with a
 custom reducer, approx_top_k, scatter-min/max and scatter-mul with repeated indices, the windowed
-primitives of jax's own derivatives, and generic reduce_window.
+primitives of jax's own derivatives, generic reduce_window and ragged_dot_general.
 
-Where jax has no reverse mode (generic reduce_window, scatter-mul with repeated indices) or gets it
+Where jax has no reverse mode (generic reduce_window, scatter-mul with repeated indices, a ragged
+contraction) or gets it
 wrong (scatter-max under ``mode="clip"``), the reference is float64 central differences.
 """
 
@@ -49,6 +50,15 @@ def _product_pool(x):
                              window_dilation=(1, 1, 2, 1))
 
 
+GROUPS = jnp.array([2, 0, 4, 1], jnp.int32)  # four groups over 7 rows, one empty
+
+
+def _ragged_contracting(lhs, rhs):
+    dnums = lax.RaggedDotDimensionNumbers(dot_dimension_numbers=(((0,), (0,)), ((), ())),
+                                          lhs_ragged_dimensions=(0,), rhs_group_dimensions=())
+    return lax.ragged_dot_general(lhs, rhs, GROUPS, dnums)
+
+
 def samples() -> list[Sample]:
     """The records (see the module docstring)."""
     return [
@@ -86,4 +96,8 @@ def samples() -> list[Sample]:
                (N(2, 5, 4, 2), N(2, 5, 4, 2))),
         Sample("reduce_window", "product pool (jax: forward mode only)", _product_pool,
                (N(2, 5, 6, 2),), F64, reference="fd"),
+        Sample("ragged_dot_general", "ragged rows, an empty group",
+               lambda lhs, rhs: lax.ragged_dot(lhs, rhs, GROUPS), (N(7, 3), N(4, 3, 5))),
+        Sample("ragged_dot_general", "ragged contraction (jax: no reverse mode)",
+               _ragged_contracting, (N(7, 3), N(7, 5)), F64, reference="fd"),
     ]
