@@ -71,6 +71,21 @@ def _one_device_sharding():
     return NamedSharding(Mesh(np.array(jax.devices()[:1]), ("data",)), P())
 
 
+def _custom_vjp3_square():
+    """scaled_square defined with jax_custom_vjp3 on (decided when the function is defined):
+    calls to it are call_hi_primitive equations. On a jax without the option, the plain one."""
+    if not hasattr(jax.config, "jax_custom_vjp3"):
+        return scaled_square
+    previous = jax.config.jax_custom_vjp3
+    jax.config.update("jax_custom_vjp3", True)
+    try:
+        f = jax.custom_vjp(lambda x, s: s * x * x)
+        f.defvjp(_scaled_square_fwd, _scaled_square_bwd)
+    finally:
+        jax.config.update("jax_custom_vjp3", previous)
+    return f
+
+
 CASES = [
     Case("jit_nested", _nested_jit, args(normal(3, 4), normal(3, 4))),
     Case("custom_jvp_relu_kink", lambda x: jax.nn.relu(x) * 3.0, args(ties(3, 4)), fd=False),
@@ -81,6 +96,7 @@ CASES = [
     Case("custom_vjp_user_rule", scaled_square, args(normal(3, 4), normal())),
     Case("custom_vjp_nondiff_arg", lambda x: clip_gradient(x * 3.0, 0.5) * x, args(normal(3, 4)),
          fd=False),
+    Case("custom_vjp3_user_rule", _custom_vjp3_square(), args(normal(3, 4), normal())),
     Case("remat_checkpoint", jax.checkpoint(lambda x, w: jnp.tanh(x @ w) @ w.T),
          args(normal(3, 4), normal(4, 4))),
     Case("sharding_constraint",
