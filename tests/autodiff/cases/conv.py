@@ -159,8 +159,10 @@ def _window_argmax(x):
 
 
 def reduce_window_case(name, fun, shape, sampler=normal, fd=True):
-    """A generic reduce_window case: jax reverses none, so the reference is jax.jvp's Jacobian."""
-    return Case(f"reduce_window_{name}", fun, args(sampler(*shape)),
+    """A generic reduce_window case: jax reverses none, so the reference is jax.jvp's Jacobian.
+
+    Named ``window_*``: a family of its own for the one finite-difference check per family."""
+    return Case(f"window_{name}", fun, args(sampler(*shape)),
                 fd=fd and sampler is not ties, reference="jvp")
 
 
