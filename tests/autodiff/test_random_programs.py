@@ -39,6 +39,15 @@ NUM_PROGRAMS = 160
 CHUNK = 20
 MAX_SIZE = 96  # elements per intermediate value: small programs compile fast
 
+_DS_BUG = ("dynamic_slice/dynamic_update_slice rules (rules/structural.py) pass the primitive's "
+           "start indices to lax.dynamic_update_slice/lax.dynamic_slice, which wrap a negative "
+           "start (-1 -> d-1) where the primitive clamps it (-1 -> 0): bind the primitives, or "
+           "clamp the starts first")
+#: seed -> the known bug its program meets (reported to the rule's owner). These programs run
+#: as strict expected failures in test_known_bugs, so a fix shows up as XPASS: then delete the
+#: entry and the program joins the others.
+KNOWN_BUGS: dict[int, str] = {29: _DS_BUG, 100: _DS_BUG, 124: _DS_BUG}
+
 GDN = lax.GatherDimensionNumbers
 SDN = lax.ScatterDimensionNumbers
 MODES = (lax.GatherScatterMode.CLIP, lax.GatherScatterMode.FILL_OR_DROP,
@@ -336,7 +345,9 @@ def op_select_n(rng, shape, dtype):
 
 
 def op_dynamic_slice(rng, shape, dtype):
-    starts = [int(rng.integers(-1, d + 1)) for d in shape]  # clamped when out of range
+    # out of range on purpose: lax wraps a negative start once (-d-1 -> -1), the primitive
+    # then clamps what is still out of range (-1 -> 0, d -> d - size)
+    starts = [int(rng.integers(-d - 2, d + 1)) for d in shape]
     sizes = [int(rng.integers(1, d + 1)) for d in shape]
     if rng.random() < 0.5:
         return (f"dynamic_slice start={starts} sizes={sizes}",
@@ -554,12 +565,20 @@ def check_programs(programs: list[Program]) -> list[str]:
 
 @pytest.mark.parametrize("chunk", range(NUM_PROGRAMS // CHUNK))
 def test_random_programs_match_jax(chunk):
-    programs = [make_program(seed) for seed in range(chunk * CHUNK, (chunk + 1) * CHUNK)]
+    programs = [make_program(seed) for seed in range(chunk * CHUNK, (chunk + 1) * CHUNK)
+                if seed not in KNOWN_BUGS]
     try:
         failures = check_programs(programs)
     except Exception as e:
         pytest.fail(f"funcbp raised on a random program: {type(e).__name__}: {e}")
     assert not failures, "\n\n".join(failures)
+
+
+@pytest.mark.parametrize("seed", sorted(KNOWN_BUGS))
+def test_known_bugs(seed, request):
+    request.applymarker(pytest.mark.xfail(reason=KNOWN_BUGS[seed], strict=True))
+    failures = check_programs([make_program(seed)])
+    assert not failures, failures[0]
 
 
 @contextlib.contextmanager
