@@ -52,6 +52,9 @@ _JAX_REFUSES = ("jax's own JVP/transpose rule raises: not reverse-differentiable
                 "either (wrap it in jax.custom_vjp, which funcbp follows)")
 _EXPERIMENTAL = ("emitted only by a jax.experimental API (checkify, layouts), outside the "
                  "public modules in scope")
+_DISCHARGED = ("a mutable-reference primitive: funcbp discharges references into plain values "
+               "when it traces the function (rules/state.py, jax's state discharge), so it never "
+               "reaches the walk")
 _INTERNAL = ("internal to jax: only jax's own transformations (linearize, sharding-in-types, "
              "hijax, compiler hints) put it in a jaxpr, never the public API a user calls")
 
@@ -68,6 +71,9 @@ EXCLUDED: dict[str, str] = {
     # jax refuses to differentiate them
     "pure_callback": _JAX_REFUSES, "io_callback": _JAX_REFUSES, "ffi_call": _JAX_REFUSES,
     "composite": _JAX_REFUSES,
+    # references (jax.new_ref, jax.ref.get/swap/addupdate): discharged before the walk
+    "get": _DISCHARGED, "swap": _DISCHARGED, "addupdate": _DISCHARGED, "new_ref": _DISCHARGED,
+    "empty_ref": _DISCHARGED, "freeze": _DISCHARGED, "free_ref": _DISCHARGED,
     # experimental APIs
     "check": _EXPERIMENTAL, "layout_constraint": _EXPERIMENTAL,
     # jax internals
