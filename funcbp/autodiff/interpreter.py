@@ -30,6 +30,7 @@ from jax.extend import core
 
 from funcbp.autodiff import compat
 from funcbp.autodiff.rules import (
+    EAGER_RULES,
     FORWARD_RULES,
     VJP_RULES,
     ZERO_GRADIENT,
@@ -47,9 +48,11 @@ __all__ = [
     "apply_rule",
     "backward",
     "carrier",
+    "detail",
     "forward",
     "frame",
     "hooks",
+    "inlining",
     "is_differentiable",
     "join_static",
     "location",
@@ -188,6 +191,26 @@ def path() -> tuple[Frame, ...]:
     return _PATH.get()
 
 
+def inlining() -> bool:
+    """Whether an installed :class:`Hooks` asks the walks to descend into every call
+    (``Hooks.inline``); rules then evaluate loops and branches eagerly when values are concrete."""
+    return any(h.inline for h in _HOOKS.get())
+
+
+@contextlib.contextmanager
+def detail(text: str) -> Iterator[None]:
+    """Sets the innermost frame's detail (``"iteration 3"``) for the block (loop rules)."""
+    frames = _PATH.get()
+    if not frames:
+        yield
+        return
+    token = _PATH.set(frames[:-1] + (Frame(frames[-1].primitive, frames[-1].where, text),))
+    try:
+        yield
+    finally:
+        _PATH.reset(token)
+
+
 @contextlib.contextmanager
 def frame(f: Frame) -> Iterator[None]:
     """Pushes ``f`` on :func:`path` for the duration of the block (rules add loop iterations)."""
@@ -272,6 +295,9 @@ def forward(jaxpr: core.Jaxpr, consts: list[Any], args: list[Any],
 def _forward_eqn(eqn: core.JaxprEqn, i: int, invals: list, needs: tuple, record: Record,
                  inline: bool) -> list:
     fwd = FORWARD_RULES.get(eqn.primitive)
+    if fwd is None and inline and eqn.primitive in EAGER_RULES:
+        with frame(_frame_of(eqn)):  # debugging: a cond's branch, a while's iterations
+            return EAGER_RULES[eqn.primitive](eqn, invals)
     if fwd is None or not (any(needs) or (inline and _nests(eqn))):
         return eval_eqn(eqn, invals)
     with frame(_frame_of(eqn)):
@@ -398,6 +424,8 @@ def accumulate(cotangents: dict, active: set, v: Any, ct: Any, source: str) -> N
             f"{source} produced a cotangent of shape {np.shape(ct)} for a value of shape "
             f"{aval.shape}; this is a bug in that VJP rule")
     if jnp.result_type(ct) != aval.dtype:
+        if jnp.iscomplexobj(ct) and not jnp.issubdtype(aval.dtype, jnp.complexfloating):
+            ct = lax.real(ct)  # a real value's cotangent is the real part (jax's convention)
         ct = lax.convert_element_type(ct, aval.dtype)
     prev = cotangents.get(v)
     cotangents[v] = ct if prev is None else lax.add(prev, ct)
