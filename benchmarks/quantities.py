@@ -11,8 +11,8 @@ compiled gradient step (``jax.jit(funcbp.grad(loss))``) of the same model and ba
   uses), one forward and one backward with the extension (``backpack-for-pytorch``; skipped
   when absent).
 
-Models: an MLP 784-512-256-10 (batch 256) and a CNN (conv16-relu-pool-conv32-relu-pool-dense10
-on 28x28, batch 128), softmax cross-entropy.
+Models: an MLP 784-512-256-10 (batch 256) and the suite's CNN (conv32-relu-pool-conv64-relu-pool-
+dense10 on 28x28, batch 128), softmax cross-entropy.
 
 Run::
 
@@ -60,9 +60,9 @@ def mlp(sizes=(784, 512, 256, 10)):
 def cnn():
     def init(key):
         k = jax.random.split(key, 3)
-        return {"c1": {"w": jax.random.normal(k[0], (3, 3, 1, 16)) / 3, "b": jnp.zeros(16)},
-                "c2": {"w": jax.random.normal(k[1], (3, 3, 16, 32)) / 12, "b": jnp.zeros(32)},
-                "d": {"w": jax.random.normal(k[2], (7 * 7 * 32, 10)) / 40, "b": jnp.zeros(10)}}
+        return {"c1": {"w": jax.random.normal(k[0], (3, 3, 1, 32)) / 3, "b": jnp.zeros(32)},
+                "c2": {"w": jax.random.normal(k[1], (3, 3, 32, 64)) / 17, "b": jnp.zeros(64)},
+                "d": {"w": jax.random.normal(k[2], (7 * 7 * 64, 10)) / 56, "b": jnp.zeros(10)}}
 
     def apply(p, x):
         h = x
@@ -128,9 +128,9 @@ def torch_backpack(name: str, params, x, y, which, reps: int):
         xt = torch.from_numpy(np.array(x))
     else:
         net = torch.nn.Sequential(
-            torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-            torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 32, 10))
+            torch.nn.Conv2d(1, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+            torch.nn.Flatten(), torch.nn.Linear(7 * 7 * 64, 10))
         mods = [(net[0], "c1"), (net[3], "c2"), (net[7], "d")]
         xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2)))
     with torch.no_grad():

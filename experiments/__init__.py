@@ -16,6 +16,8 @@ STUDIES = (
     "regularisation",
     "normalisation",
     "fashion",
+    "noise_scale",
+    "dp_sgd",
 )
 
 __all__ = ["STUDIES"]

@@ -39,7 +39,8 @@ __all__ = [
     "vjp_rule",
 ]
 
-_SUBMODULES = {"nn", "losses", "optim", "data", "train", "check", "diagnostics", "cli", "quantities"}
+_SUBMODULES = {"nn", "losses", "optim", "data", "train", "check", "diagnostics", "cli",
+               "quantities"}
 
 
 def __getattr__(name: str):

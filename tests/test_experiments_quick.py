@@ -163,3 +163,22 @@ def test_fashion(tmp_path):
         pytest.skip(r["reason"])
     assert r["runs"]["mlp"]["test_acc"] > 0.6
     assert r["baselines"]["mlp"]["accuracy"] == 0.883
+
+
+@pytest.mark.slow
+def test_noise_scale(tmp_path):
+    r = run_quick("noise_scale", tmp_path)["datasets"]["digits"]
+    check = r["vmap_check"]  # funcbp.quantities and vmap(jax.grad) give the same B_simple
+    assert check["funcbp"] == pytest.approx(check["vmap"], rel=1e-3)
+    b = [rec["b_simple"] for rec in r["records"]]
+    assert all(math.isfinite(v) and v > 0 for v in b)
+    assert b[-1] > b[0]  # the noise scale grows as the loss falls (McCandlish et al.)
+
+
+@pytest.mark.slow
+def test_dp_sgd(tmp_path):
+    r = run_quick("dp_sgd", tmp_path)["runs"]
+    # three routes to the same clipped, noised update: the same trajectory
+    accs = {route: r[route]["test_acc"] for route in ("batch_grad", "batch_l2", "vmap")}
+    assert max(accs.values()) - min(accs.values()) < 0.02, accs
+    assert r["non-private"]["test_acc"] > 0.5

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -32,9 +33,26 @@ __all__ = ["SITE_RULES"]
 _CURVATURE = ("ggn", "mc")
 
 
-def _reduce(A, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, str]:
-    """The quantities of one weight from canonical ``A (B,T,Din)`` and ``D`` groups."""
-    B, T, Din = A.shape
+def _contract(parts: list, d: jax.Array, spec_in: str, spec_d: str, out: str) -> jax.Array:
+    """``einsum`` of every part of ``A`` with ``d``, stacked channel-major over the parts.
+
+    ``A``'s feature axis is ``(C, n_parts)`` flattened (a convolution's patch: channel, then
+    kernel offset); each part is one offset, ``(B, T, C)``. The result's ``c`` axis is the
+    flattened ``(C, n_parts)``.
+    """
+    got = [jnp.einsum(f"{spec_in},{spec_d}->{out}", a, d) for a in parts]
+    if len(got) == 1:
+        return got[0]
+    k = out.index("c")
+    stacked = jnp.stack(got, axis=k + 1)
+    return stacked.reshape(*stacked.shape[:k], -1, *stacked.shape[k + 2:])
+
+
+def _reduce(parts: list, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, str]:
+    """The quantities of one weight from the layer input ``parts`` (``A`` split by kernel
+    offset, each ``(B, T, C)``) and the output column groups ``D`` ``(K, B, T, Dout)``."""
+    B, T, C = parts[0].shape
+    Din = C * len(parts)
     want = spec.want
     out: dict = {}
     grad = deltas.get("grad") if want & {"grad", "batch_l2", "sum_grad_squared",
@@ -43,10 +61,10 @@ def _reduce(A, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, str]:
     if grad is not None:
         d = grad[0]
         Dout = d.shape[-1]
-        out["grad"] = to_w(jnp.einsum("btd,bte->de", A, d))
+        out["grad"] = to_w(_contract(parts, d, "btc", "bte", "ce"))
         first = {"batch_l2", "sum_grad_squared", "variance"} & want
-        if T == 1:
-            a2, d2 = A[:, 0] ** 2, d[:, 0] ** 2
+        if T == 1 and len(parts) == 1:
+            a2, d2 = parts[0][:, 0] ** 2, d[:, 0] ** 2
             if "batch_l2" in want:
                 out["batch_l2"] = jnp.sum(a2, 1) * jnp.sum(d2, 1)
             if first - {"batch_l2"}:
@@ -54,10 +72,10 @@ def _reduce(A, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, str]:
         elif first:
             if first == {"batch_l2"} and T * T < Din * Dout:
                 path = "gram"
-                out["batch_l2"] = jnp.sum(jnp.einsum("btd,bsd->bts", A, A)
-                                          * jnp.einsum("bte,bse->bts", d, d), axis=(1, 2))
+                gram = sum(jnp.einsum("btc,bsc->bts", a, a) for a in parts)
+                out["batch_l2"] = jnp.sum(gram * jnp.einsum("bte,bse->bts", d, d), axis=(1, 2))
             else:
-                g = jnp.einsum("btd,bte->bde", A, d)
+                g = _contract(parts, d, "btc", "bte", "bce")
                 out["batch_l2"] = jnp.sum(g * g, axis=(1, 2))
                 out["sum_grad_squared"] = to_w(jnp.sum(g * g, axis=0))
     diag: dict = {}
@@ -66,14 +84,15 @@ def _reduce(A, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, str]:
                   "grad": ()}.get(name, want & {"diag_hessian"})
         if not wanted:
             continue
-        if T == 1:
-            val = (A[:, 0] ** 2).T @ jnp.sum(d[:, :, 0] ** 2, axis=0)
+        if T == 1 and len(parts) == 1:
+            val = (parts[0][:, 0] ** 2).T @ jnp.sum(d[:, :, 0] ** 2, axis=0)
         else:
-            g = jnp.einsum("btd,kbte->kbde", A, d)
+            g = _contract(parts, d, "btc", "kbte", "kbce")
             val = jnp.sum(g * g, axis=(0, 1))
         diag[name] = to_w(val)
     out["diag"] = diag
     if "kfac" in want and "mc" in deltas:
+        A = jnp.stack(parts, axis=-1).reshape(B, T, Din)
         s = jnp.sum(deltas["mc"], axis=2)  # (K, B, Dout): summed over positions
         out["kfac"] = (to_w_in(jnp.einsum("btd,bte->de", A, A) / B),
                        jnp.einsum("kbe,kbf->ef", s, s))
@@ -125,8 +144,33 @@ def dense_site(eqn, j, invals, ax_in, ax_out, pack, spec):
         m = m.reshape(*shape_in, *shape_in)
         return jnp.transpose(m, order + [n + k for k in order]).reshape(size, size)
 
-    values, path = _reduce(A.astype(w.dtype), deltas, spec, to_w, to_w_in)
+    values, path = _reduce([A.astype(w.dtype)], deltas, spec, to_w, to_w_in)
     return values, f"dense: {path}"
+
+
+def _unfold(x, filt, out_spatial, p, lhs_spec) -> list:
+    """The input patches as one ``(B, *out_spatial, C)`` array per kernel offset, by strided
+    slices of the padded input (data movement only; ``lax.conv_general_dilated_patches``
+    would run a convolution with an identity kernel, ``C * prod(filt)`` times the layer's)."""
+    if any(d != 1 for d in p["lhs_dilation"]):
+        patches = lax.conv_general_dilated_patches(
+            x, filt, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"],
+            dimension_numbers=p["dimension_numbers"], precision=p["precision"])
+        out_spec = p["dimension_numbers"].out_spec
+        patches = jnp.transpose(patches, [out_spec[0], *out_spec[2:], out_spec[1]])
+        return [patches]   # already channel-major over (C, offsets)
+    xc = jnp.transpose(x, [lhs_spec[0], *lhs_spec[2:], lhs_spec[1]])   # (B, *spatial, C)
+    xc = lax.pad(xc, jnp.zeros((), xc.dtype),
+                 [(0, 0, 0), *[(lo, hi, 0) for lo, hi in p["padding"]], (0, 0, 0)])
+    parts = []
+    for offset in np.ndindex(*filt):
+        start = [0] + [k * d for k, d in zip(offset, p["rhs_dilation"], strict=True)] + [0]
+        limit = ([xc.shape[0]]
+                 + [s0 + (o - 1) * st + 1 for s0, o, st in
+                    zip(start[1:-1], out_spatial, p["window_strides"], strict=True)]
+                 + [xc.shape[-1]])
+        parts.append(lax.slice(xc, start, limit, [1, *p["window_strides"], 1]))
+    return parts
 
 
 def conv_site(eqn, j, invals, ax_in, ax_out, pack, spec):
@@ -138,13 +182,13 @@ def conv_site(eqn, j, invals, ax_in, ax_out, pack, spec):
     dn = p["dimension_numbers"]
     lhs_spec, rhs_spec, out_spec = dn
     filt = [w.shape[d] for d in rhs_spec[2:]]
-    patches = lax.conv_general_dilated_patches(
-        x, filt, p["window_strides"], p["padding"], p["lhs_dilation"], p["rhs_dilation"],
-        dimension_numbers=dn, precision=p["precision"])
     B = x.shape[lhs_spec[0]]
     perm = [out_spec[0], *out_spec[2:], out_spec[1]]
-    T = math.prod(patches.shape[d] for d in out_spec[2:])
-    A = jnp.transpose(patches, perm).reshape(B, T, -1)
+    out_shape = next(iter(pack.groups.values())).shape[1:]
+    out_spatial = [out_shape[d] for d in out_spec[2:]]
+    T = math.prod(out_spatial)
+    parts = [a.reshape(B, T, -1).astype(w.dtype)
+             for a in _unfold(x, filt, out_spatial, p, lhs_spec)]
     deltas = _groups(pack, perm, B, T)
     # the patch features are ordered (in-channel, *spatial in rhs_spec order)
     w_dims = [rhs_spec[1], *rhs_spec[2:], rhs_spec[0]]
@@ -163,7 +207,7 @@ def conv_site(eqn, j, invals, ax_in, ax_out, pack, spec):
         size = math.prod(shape_in)
         return jnp.transpose(m, order + [n + k for k in order]).reshape(size, size)
 
-    values, path = _reduce(A.astype(w.dtype), deltas, spec, to_w, to_w_in)
+    values, path = _reduce(parts, deltas, spec, to_w, to_w_in)
     return values, f"conv: {path}"
 
 
