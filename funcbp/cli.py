@@ -68,6 +68,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     g.add_argument("--grad-flow", action=argparse.BooleanOptionalAction,
                    help="log per-layer gradient norms each epoch and plot them")
+    g.add_argument("--log-quantities", metavar="NAMES",
+                   help="log funcbp.quantities each epoch, e.g. batch_l2,variance: per-layer "
+                        "gradient SNR and per-example norm percentiles (metrics and plot)")
     g = p.add_argument_group("devices and hosts (see docs/distributed.md)")
     g.add_argument("--devices", type=int,
                    help="train data-parallel on this many devices (the batch size is global)")

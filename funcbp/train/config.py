@@ -43,7 +43,9 @@ NUM_CLASSES = 10  # every built-in data set has ten classes
 #: data, nor the model, nor the optimisation of the epochs already trained. ``epochs`` does
 #: stretch a decaying schedule over the new length from the next epoch on.
 RESUME_SAFE_FIELDS = ("data_dir", "devices", "epochs", "eval_batch_size", "grad", "grad_flow",
-                      "patience", "shard_params")
+                      "log_quantities", "patience", "shard_params")
+#: What ``log_quantities`` accepts (``funcbp.quantities`` names that its summary reads).
+LOG_QUANTITIES = ("batch_l2", "variance")
 
 #: Usual learning-rate ranges; a value outside gets a warning (it is allowed: lr=0 is a
 #: legitimate probe), ten times beyond them anyway.
@@ -101,6 +103,10 @@ class TrainConfig:
         (``funcbp.diagnostics.gradient_flow``) in the metrics and plot them over epochs.
       shard_params: with ``devices``, split parameters and optimiser state along the data axis
         instead of replicating them.
+      log_quantities: comma-separated ``funcbp.quantities`` to log after each epoch on a
+        training batch (``"batch_l2,variance"``): per-layer gradient signal-to-noise
+        ``|mean|^2 / tr(variance)`` and per-example gradient-norm percentiles, in the metrics
+        and plotted over epochs (``quantities.png``). Empty: none.
     """
 
     data: str = "digits"
@@ -129,6 +135,7 @@ class TrainConfig:
     devices: int | None = None
     shard_params: bool = False
     grad_flow: bool = False
+    log_quantities: str = ""
 
     def __post_init__(self):
         if self.model is None:
@@ -192,6 +199,10 @@ class TrainConfig:
         if self.patience and not self.val_fraction:
             bad("patience", self.patience, "early stopping watches the validation loss, but "
                 "val_fraction is 0: set val_fraction > 0, or drop patience")
+        for name in filter(None, self.log_quantities.split(",")):
+            if name.strip() not in LOG_QUANTITIES:
+                bad("log_quantities", self.log_quantities,
+                    f"a comma-separated subset of {', '.join(LOG_QUANTITIES)}")
         if self.devices is not None and self.devices < 1:
             bad("devices", self.devices, "must be a positive integer (or None)")
         if self.devices is not None and self.batch_size % self.devices:

@@ -37,6 +37,9 @@ from funcbp import data as fdata
 from funcbp import losses, nn
 from funcbp.diagnostics import gradient_flow, plot_gradient_flow
 from funcbp.losses import LabelRangeError
+from funcbp.quantities import plot_summary as plot_quantities
+from funcbp.quantities import quantities
+from funcbp.quantities import summarize as summarize_quantities
 from funcbp.train import parallel, rundir
 from funcbp.train.checkpoint import (
     key_path_str,
@@ -417,6 +420,10 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
     eval_step = make_eval_step(model.apply, loss_fn)
     flow_fn = jax.jit(lambda p, x, y: gradient_flow(lambda p, x, y: loss_fn(model.apply(p, x), y),
                                                     p, x, y))
+    log_quantities = tuple(q.strip() for q in config.log_quantities.split(",") if q.strip())
+    quantities_fn = jax.jit(lambda p, x, y: quantities(
+        lambda p, x: model.apply(p, x), p, x, y, loss="softmax_cross_entropy",
+        which=("grad", *log_quantities)))
     epoch_batches = jax.jit(fdata.batch_epoch, static_argnums=3)
 
     root_key = jax.random.key(config.seed)
@@ -560,6 +567,9 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
                 state["bad_epochs"] += 1
                 if config.patience and state["bad_epochs"] >= config.patience:
                     state["stopped_early"] = True
+        if log_quantities:
+            record["quantities"] = summarize_quantities(
+                quantities_fn(host(params), x_train_d[:256], y_train_d[:256]))
         if config.grad_flow:
             flow = flow_fn(host(params), x_train_d[:256], y_train_d[:256])
             record["grad_flow"] = {"layers": flow.to_dict()["layers"],
@@ -595,6 +605,10 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         if flows:
             path = run_dir / "gradient_flow.png"
             write(_save_whole, path, lambda tmp: plot_gradient_flow(flows, str(tmp)))
+        logged = [dict(r["quantities"], step=r["epoch"]) for r in history if "quantities" in r]
+        if logged:
+            write(_save_whole, run_dir / "quantities.png",
+                  lambda tmp: plot_quantities(logged, str(tmp), title="per epoch"))
     used = "best" if state["stopped_early"] and best_params is not None else "final"
     test_params = best_params if used == "best" else params
     t = evaluate(eval_step, host(test_params), jnp.asarray(x_test), jnp.asarray(y_test),
