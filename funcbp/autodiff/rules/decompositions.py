@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax._src.lax.control_flow.solves import linear_solve_p
 
-from funcbp.autodiff.rules import UnsupportedPrimitiveError, vjp_rule
+from funcbp.autodiff.rules import NO_RULE_HINTS, UnsupportedPrimitiveError, vjp_rule
 
 __all__ = ["cholesky_vjp", "custom_linear_solve_vjp", "lu_vjp", "qr_vjp", "triangular_solve_vjp",
            "tridiagonal_solve_vjp"]
@@ -304,3 +304,14 @@ def custom_linear_solve_vjp(cts, *args, out, needs, const_lengths, jaxprs):
         mv_bar = interp.backward(record, [-bb for bb in b_bar])[:len(mv_needs)]
     return (*mv_bar, *([None] * (n_consts - len(mv_needs))), *b_bar)
 
+
+# Factorisations jax cannot differentiate either: say so, and what to use instead.
+for _name, _instead in [
+        ("geqrf", "jnp.linalg.qr"), ("geqp3", "jax.scipy.linalg.qr(..., pivoting=True)"),
+        ("householder_product", "jnp.linalg.qr"), ("ormqr", "jnp.linalg.qr and a matmul"),
+        ("tridiagonal", "jnp.linalg.eigh of the matrix"),
+        ("cholesky_update", "jnp.linalg.cholesky of the updated matrix"),
+        ("symmetric_product", "a @ a.T with jnp")]:
+    NO_RULE_HINTS[_name] = (
+        f"jax has no derivative for '{_name}' either; use {_instead} (differentiable), "
+        "or wrap the computation in jax.custom_vjp with your own backward")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from funcbp.autodiff.rules import vjp_rule
+from funcbp.autodiff.rules import NO_RULE_HINTS, vjp_rule
 from funcbp.autodiff.rules.decompositions import diag, eye_like, mH, mm, mT, refuse
 
 __all__ = ["eig_vjp", "eigh_vjp", "svd_vjp"]
@@ -202,3 +202,10 @@ def svd_vjp(cts, x, *, out, res=None, compute_uv, **params):
 
 def _min_dim_zero(x):
     return min(x.shape[-2:]) == 0
+
+
+for _name, _instead in [("schur", "jnp.linalg.eig or eigh"),
+                        ("hessenberg", "jnp.linalg.eig or qr")]:
+    NO_RULE_HINTS[_name] = (
+        f"jax has no derivative for '{_name}' either; use {_instead} (differentiable), "
+        "or wrap the computation in jax.custom_vjp with your own backward")
