@@ -307,6 +307,9 @@ def resume_config(run_dir: Path, allow: Iterable[str], changes: dict,
         warn(f"{latest} is missing: a save was interrupted between its two renames; resuming "
              f"from {ckpt.name}, the newest complete checkpoint")
     saved = read_header(ckpt)["metadata"].get("config")
+    if saved is not None and not isinstance(saved, dict):
+        raise CheckpointError(f"{ckpt}: the saved config is {type(saved).__name__}, not a JSON "
+                              "object; the checkpoint was not written by funcbp train")
     config_path = run_dir / "config.json"
     restore = "delete it and resume again: it is restored from the checkpoint"
     current = None
@@ -350,6 +353,10 @@ def resumed_history(metrics_path: Path, ckpt: Any, warn: Callable[[str], None]) 
     from_file = [r for r in records or [] if r.get("type") == "epoch"
                  and isinstance(r.get("epoch"), int) and r["epoch"] <= ckpt.epoch]
     saved = ckpt.metadata.get("history")
+    if saved is not None and not (isinstance(saved, list)
+                                  and all(isinstance(r, dict) for r in saved)):
+        raise CheckpointError("the checkpoint's saved history is not a list of records; the "
+                              "checkpoint was not written by funcbp train")
     if saved is None:  # a checkpoint written before the history was saved in it
         if records is None:
             warn(f"{metrics_path} is missing and the checkpoint holds no history: the "
