@@ -39,14 +39,11 @@ NUM_PROGRAMS = 160
 CHUNK = 20
 MAX_SIZE = 96  # elements per intermediate value: small programs compile fast
 
-_DS_BUG = ("dynamic_slice/dynamic_update_slice rules (rules/structural.py) pass the primitive's "
-           "start indices to lax.dynamic_update_slice/lax.dynamic_slice, which wrap a negative "
-           "start (-1 -> d-1) where the primitive clamps it (-1 -> 0): bind the primitives, or "
-           "clamp the starts first")
 #: seed -> the known bug its program meets (reported to the rule's owner). These programs run
 #: as strict expected failures in test_known_bugs, so a fix shows up as XPASS: then delete the
-#: entry and the program joins the others.
-KNOWN_BUGS: dict[int, str] = {29: _DS_BUG, 100: _DS_BUG, 124: _DS_BUG}
+#: entry and the program joins the others. (Seeds 29, 100 and 124 found the dynamic_slice
+#: rules wrapping negative starts where the primitives clamp them; fixed.)
+KNOWN_BUGS: dict[int, str] = {}
 
 GDN = lax.GatherDimensionNumbers
 SDN = lax.ScatterDimensionNumbers

@@ -136,21 +136,35 @@ if hasattr(lax, "split_p"):
         return (lax.concatenate(pieces, axis),)
 
 
+def _clamped(starts, shape, sizes):
+    """The start indices the primitives use: clamped into ``[0, dim - size]``.
+
+    The primitives clamp a start of -1 to 0, whereas ``lax.dynamic_slice`` and
+    ``lax.dynamic_update_slice`` first wrap a negative start around (-1 becomes dim - 1); the
+    rules clamp first so the cotangent lands where the forward read or wrote.
+    """
+    return [lax.clamp(jnp.zeros((), s.dtype), s, jnp.asarray(d - n, s.dtype))
+            for s, d, n in zip((jnp.asarray(s) for s in starts), shape, sizes, strict=True)]
+
+
 @vjp_rule(lax.dynamic_slice_p, handles_complex=True)
 def dynamic_slice_vjp(ct, x, *starts, slice_sizes, **params):
     """The slice's cotangent is written into zeros at the (clamped) start indices."""
     zeros = jnp.zeros(np.shape(x), ct.dtype)
-    return (lax.dynamic_update_slice(zeros, ct, starts), *[None] * len(starts))
+    at = _clamped(starts, np.shape(x), slice_sizes)
+    return (lax.dynamic_update_slice(zeros, ct, at), *[None] * len(starts))
 
 
 @vjp_rule(lax.dynamic_update_slice_p, handles_complex=True)
 def dynamic_update_slice_vjp(ct, x, update, *starts, **params):
     """The operand's cotangent has a hole where the update went; the update's is that slice."""
+    at = _clamped(starts, np.shape(x), np.shape(update))
+
     def d_x():
-        return lax.dynamic_update_slice(ct, jnp.zeros(np.shape(update), ct.dtype), starts)
+        return lax.dynamic_update_slice(ct, jnp.zeros(np.shape(update), ct.dtype), at)
 
     def d_update():
-        return lax.dynamic_slice(ct, starts, np.shape(update))
+        return lax.dynamic_slice(ct, at, np.shape(update))
     return (d_x, d_update, *[None] * len(starts))
 
 

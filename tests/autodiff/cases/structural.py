@@ -33,6 +33,11 @@ CASES = [
     Case("dynamic_update_slice",
          lambda x, u: lax.dynamic_update_slice(x, u, (jnp.int32(1), jnp.int32(1))),
          args(normal(4, 5), normal(2, 3))),
+    # the primitives clamp a negative start to 0 (lax.dynamic_slice would wrap it first)
+    Case("dynamic_slice_negative_start", lambda x: lax.dynamic_slice_p.bind(
+        x, jnp.int32(-1), jnp.int32(-7), slice_sizes=(2, 3)), args(normal(4, 5))),
+    Case("dynamic_update_slice_negative_start", lambda x, u: lax.dynamic_update_slice_p.bind(
+        x, u, jnp.int32(-2), jnp.int32(3)), args(normal(4, 5), normal(2, 3))),
 ]
 
 W24 = jnp.arange(24.0).reshape(4, 6)  # distinct weights: a permuted cotangent cannot pass
