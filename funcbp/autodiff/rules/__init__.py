@@ -29,6 +29,7 @@ from jax.extend.core import Primitive
 
 __all__ = [
     "COMPLEX_RULES",
+    "EAGER_RULES",
     "FORWARD_RULES",
     "VJP_RULES",
     "UnsupportedPrimitiveError",
@@ -55,6 +56,10 @@ COMPLEX_RULES: set[Primitive] = set()
 #: primitives whose outputs never carry a gradient (stop_gradient, floor, sign...): the forward
 #: walk keeps their outputs inactive, so whatever depends only on them is never differentiated.
 ZERO_GRADIENT: set[Primitive] = set()
+#: primitive -> ``evaluate(eqn, invals) -> outs`` for call-like primitives without a forward
+#: rule (``cond``, ``while``): used only by debugging walks (``interpreter.Hooks.inline``) to
+#: evaluate their sub-jaxprs through the interpreter, eagerly, so hooks see inside them.
+EAGER_RULES: dict[Primitive, Callable[..., list]] = {}
 #: primitive name -> why it has no rule and what to do instead (e.g. a callback: wrap it in
 #: jax.custom_vjp); the missing-rule error says this instead of "add a rule".
 NO_RULE_HINTS: dict[str, str] = {}
@@ -146,7 +151,8 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
                 "regularized_incomplete_beta", "bessel*", "zeta", "erf_inv"),
     "indexing": ("gather", "scatter*"),
     "collectives": ("psum*", "pmax", "pmin", "pmean", "all_gather*", "ppermute", "all_to_all",
-                    "axis_index", "pvary", "pbroadcast", "reduce_scatter", "shard_map"),
+                    "axis_index", "pvary", "pbroadcast", "reduce_scatter", "shard_map",
+                    "ragged_all_to_all"),
     "state": ("get", "swap", "addupdate", "run_state"),
     "structural": ("broadcast_in_dim", "reshape", "squeeze", "transpose", "rev", "slice", "pad",
                    "concatenate", "dynamic_slice", "dynamic_update_slice", "split", "stack",
@@ -159,10 +165,12 @@ _FAMILIES: dict[str, tuple[str, ...]] = {
 
 def _suggest_module(name: str) -> str:
     """The rule module a primitive's rule belongs in (for the missing-rule message)."""
-    for family, patterns in _FAMILIES.items():
-        for pattern in patterns:
-            if name == pattern or (pattern.endswith("*") and name.startswith(pattern[:-1])):
-                return f"{_RULES_DIR}/{family}.py"
+    for exact in (True, False):  # an exact name wins over a prefix ("reduce_scatter")
+        for family, patterns in _FAMILIES.items():
+            for pattern in patterns:
+                if (name == pattern if exact else
+                        pattern.endswith("*") and name.startswith(pattern[:-1])):
+                    return f"{_RULES_DIR}/{family}.py"
     return f"{_RULES_DIR}/elementwise.py"
 
 
