@@ -268,6 +268,8 @@ def _edge_table() -> list[Sample]:
         _unary("tanh", jnp.tanh, N(*S, scale=20.0), "saturated"),
         _unary("cbrt", jnp.cbrt, N(*S), "negative"),
         _unary("floor", _no_grad_unary(lax.floor), N(*S)),
+        _unary("bitcast_convert_type",
+               _no_grad_unary(lambda x: lax.bitcast_convert_type(x, x.dtype)), N(*S)),
         _unary("ceil", _no_grad_unary(lax.ceil), N(*S)),
         _unary("round", _no_grad_unary(lax.round), N(*S)),
         _unary("is_finite", lambda x: jnp.where(jnp.isfinite(x), x, 0.0),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcbp.autodiff.rules import register_vjp_rule, vjp_rule
+from funcbp.autodiff.rules import ZERO_GRADIENT, register_vjp_rule, vjp_rule
 
 __all__ = ["no_gradient", "unbroadcast"]
 
@@ -41,6 +41,7 @@ def no_gradient(*primitives, handles_complex=False):
         return (None,) * len(args)
     for p in primitives:
         register_vjp_rule(p, none_vjp, handles_complex=handles_complex)
+        ZERO_GRADIENT.add(p)  # outputs stay inactive: nothing derived from them is walked
 
 
 # --- arithmetic -------------------------------------------------------------------------------
@@ -347,6 +348,9 @@ def stop_gradient_vjp(ct, x, **params):
     return (None,)
 
 
+ZERO_GRADIENT.add(lax.stop_gradient_p if hasattr(lax, "stop_gradient_p") else lax.copy_p)
+
+
 @vjp_rule(lax.copy_p, handles_complex=True)
 def copy_vjp(ct, x, **params):
     """copy is the identity."""
@@ -421,6 +425,8 @@ no_gradient(
     lax.argmax_p, lax.argmin_p,
 )
 no_gradient(lax.sign_p, handles_complex=True)  # jax: zero derivative, z / |z| included
+# Reinterpreting bits is not a differentiable map; jax defines its derivative as zero too.
+no_gradient(lax.bitcast_convert_type_p, handles_complex=True)
 
 
 def _add_any_vjp(ct, x, y, **params):

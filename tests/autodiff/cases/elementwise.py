@@ -102,6 +102,10 @@ CASES = [
     Case("floor_ceil_round_no_gradient",
          lambda x: (jnp.floor(x) + jnp.ceil(x) + jnp.round(x)) * x + jnp.isfinite(x) * x,
          args(normal(*S)), fd=False),
+    Case("bitcast_no_gradient",
+         lambda x: lax.bitcast_convert_type(x, jnp.int32 if x.dtype == jnp.float32 else jnp.int64)
+         .astype(x.dtype) * 1e-9 * x + lax.bitcast_convert_type(x, x.dtype) * x,
+         args(normal(*S)), fd=False),
     Case("logical_ops_no_gradient",
          lambda x, y: jnp.where((x > 0) & ~(y > 0) | (x < y) ^ (x != y), x, y),
          args(normal(*S), normal(*S)), fd=False),
