@@ -79,6 +79,18 @@ def unpermute(x, perm, axis):
     return jnp.take_along_axis(x, idx, axis=axis)
 
 
+def solve(a, b):
+    """a^-1 b by LU with row pivots and two triangular solves, all with funcbp rules.
+
+    Not ``jnp.linalg.solve``: that builds a ``custom_linear_solve`` whose transposed map jax
+    derives with ``linear_transpose``, and jax's autodiff never runs on funcbp's gradient path.
+    """
+    lu, _, perm = linalg.lu(a)
+    y = jnp.take_along_axis(b, perm[..., :, None], axis=-2)
+    y = linalg.triangular_solve(lu, y, left_side=True, lower=True, unit_diagonal=True)
+    return linalg.triangular_solve(lu, y, left_side=True, lower=False)
+
+
 def _zero_sized(x):
     return any(d == 0 for d in x.shape[-2:])
 
@@ -189,7 +201,7 @@ def _full_qr_q_bar(q, q_bar, n):
     q_nn, q_pn = q_mn[..., :n, :], q_mn[..., n:, :]
     bar_mn, bar_mp = q_bar[..., :, :n], q_bar[..., :, n:]
     # Z^T solves (Q_nn - I)^T Z^T = Q_pn^T
-    z = mT(jnp.linalg.solve(mT(q_nn - eye_like(q_nn)), mT(q_pn)))
+    z = mT(solve(mT(q_nn - eye_like(q_nn)), mT(q_pn)))
     e = -jnp.conj(mm(mT(bar_mp), q_mn + mm(q_mp, z)))
     fold = jnp.concatenate([-mm(mT(z), e), e], axis=-2)
     return bar_mn + mm(bar_mp, jnp.conj(z)) + fold

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from funcbp.autodiff.rules import NO_RULE_HINTS, vjp_rule
-from funcbp.autodiff.rules.decompositions import diag, eye_like, mH, mm, mT, refuse
+from funcbp.autodiff.rules.decompositions import diag, eye_like, mH, mm, mT, refuse, solve
 
 __all__ = ["eig_vjp", "eigh_vjp", "svd_vjp"]
 
@@ -107,7 +107,7 @@ def _eigvec_p_bar(w, v, w_bar, v_bar):
 
 def _undo_similarity(v, p_bar):
     """Transpose of dA -> V^-1 dA V: P̄ -> V^-T P̄ V^T (a solve, not an inverse)."""
-    return jnp.linalg.solve(mT(v), mm(p_bar, mT(v)))
+    return solve(mT(v), mm(p_bar, mT(v)))
 
 
 @vjp_rule(linalg.eig_p, forward=eig_forward, handles_complex=True)
