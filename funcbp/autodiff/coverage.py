@@ -55,6 +55,15 @@ _EXPERIMENTAL = ("emitted only by a jax.experimental API (checkify, layouts), ou
 _DISCHARGED = ("a mutable-reference primitive: funcbp discharges references into plain values "
                "when it traces the function (rules/state.py, jax's state discharge), so it never "
                "reaches the walk")
+_NO_CPU = ("a collective for expert-parallel models that jax's vmap cannot batch and XLA:CPU "
+           "cannot run, so no rule could be tested here; refused with the missing-rule error "
+           "until it can be")
+_REDUCED = ("produced only by all_gather(to='reduced') on explicit-sharding axes typed "
+            "'reduced' (sharding in types), a jax feature funcbp does not support yet; "
+            "refused with the missing-rule error")
+_LINEAR_HALF = ("the linear half of a custom_vjp that jax.jvp/jax.linearize leave in a jaxpr: "
+                "it cannot be evaluated, jax itself only transposes it inside "
+                "linear_transpose; funcbp refuses it naming why (rules/calls.py)")
 _INTERNAL = ("internal to jax: only jax's own transformations (linearize, sharding-in-types, "
              "hijax, compiler hints) put it in a jaxpr, never the public API a user calls")
 
@@ -85,6 +94,8 @@ EXCLUDED: dict[str, str] = {
     "to_edtype": _INTERNAL, "from_edtype": _INTERNAL,
     "reduced_vary_cast_p": _INTERNAL, "vary_unreduced_cast_p": _INTERNAL,
     "unreduced_psum": _INTERNAL, "unreduced_reduce_scatter": _INTERNAL, "preduced": _INTERNAL,
+    # not supported, each refused with a clear error
+    "ragged_all_to_all": _NO_CPU, "all_gather_reduced": _REDUCED, "custom_lin": _LINEAR_HALF,
 }
 
 

@@ -422,3 +422,19 @@ NO_RULE_HINTS["custom_lin"] = (
     "in the program; a custom_vjp function has no forward-mode derivative, so it cannot be "
     "evaluated or differentiated here (jax refuses too). Differentiate the function itself, "
     "or give it a jax.custom_jvp rule if you need its jvp")
+
+
+# --- remat_opt (custom_vjp(..., optimize_remat=True)) ------------------------------------------
+
+def remat_opt_forward(*args, fwd_jaxpr, needs, **params):
+    """Runs the custom_vjp's ``fwd`` jaxpr (residuals, then outputs) with funcbp's walk.
+
+    funcbp meets this primitive only when it differentiates a program that *contains* a
+    custom_vjp's forward (e.g. the gradient program of such a function, differentiated again);
+    the ``fwd`` function is then an ordinary function, differentiated through its body.
+    """
+    return _interp().forward(fwd_jaxpr.jaxpr, list(fwd_jaxpr.consts), list(args), list(needs))
+
+
+if hasattr(cd, "remat_opt_p"):
+    register_vjp_rule(cd.remat_opt_p, jit_vjp, forward=remat_opt_forward, handles_complex=True)

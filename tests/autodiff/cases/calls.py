@@ -86,6 +86,22 @@ def _custom_vjp3_square():
     return f
 
 
+def _sin_times_x(remat):
+    """x sin x as a custom_vjp whose fwd is (or is not) wrapped in remat_opt."""
+    f = jax.custom_vjp(lambda x: jnp.sin(x) * x)
+    f.defvjp(lambda x: (jnp.sin(x) * x, (jnp.cos(x), x)),
+             lambda r, g: ((r[0] * r[1] + jnp.sin(r[1])) * g,), optimize_remat=remat)
+    return f
+
+
+def _gradient_program(f):
+    """funcbp's gradient of sum(f(x)^2): a program that runs f's fwd (jax cannot
+    differentiate a remat_opt fwd; the plain fwd computes the same values)."""
+    import funcbp
+
+    return lambda x: funcbp.grad(lambda v: jnp.sum(f(v) ** 2))(x)
+
+
 CASES = [
     Case("jit_nested", _nested_jit, args(normal(3, 4), normal(3, 4))),
     Case("custom_jvp_relu_kink", lambda x: jax.nn.relu(x) * 3.0, args(ties(3, 4)), fd=False),
@@ -97,6 +113,8 @@ CASES = [
     Case("custom_vjp_nondiff_arg", lambda x: clip_gradient(x * 3.0, 0.5) * x, args(normal(3, 4)),
          fd=False),
     Case("custom_vjp3_user_rule", _custom_vjp3_square(), args(normal(3, 4), normal())),
+    Case("remat_opt_fwd_differentiated", _gradient_program(_sin_times_x(True)), args(normal(3)),
+         reference=_gradient_program(_sin_times_x(False))),
     Case("remat_checkpoint", jax.checkpoint(lambda x, w: jnp.tanh(x @ w) @ w.T),
          args(normal(3, 4), normal(4, 4))),
     Case("sharding_constraint",
