@@ -23,6 +23,7 @@ from funcbp.autodiff import (
     vjp_rule,
 )
 from funcbp.autodiff.tag import tag  # noqa: E402
+from funcbp.debug import find_nonfinite  # noqa: E402
 from funcbp.explain import explain  # noqa: E402
 
 __version__ = "0.1.0"
@@ -31,6 +32,7 @@ __all__ = [
     "UnsupportedPrimitiveError",
     "VJP_RULES",
     "explain",
+    "find_nonfinite",
     "grad",
     "register_vjp_rule",
     "tag",

@@ -202,7 +202,8 @@ def _check_scalar_output(out: Any, holomorphic: bool = False) -> None:
 
 def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
                    holomorphic: bool = False, allow_int: bool = False,
-                   reduce_axes: Sequence = ()) -> Callable[..., tuple[Any, Any]]:
+                   reduce_axes: Sequence = (), *, debug_nans: bool = False
+                   ) -> Callable[..., tuple[Any, Any]]:
     """Returns a function computing ``fun``'s value and gradient; as ``jax.value_and_grad``.
 
     Args:
@@ -216,6 +217,10 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
         jax's convention ``df/dx - i df/dy`` (see docs/autodiff.md, "Complex numbers").
       allow_int: allow integer/bool arguments, whose gradients are ``float0`` zeros.
       reduce_axes: accepted for signature compatibility; must be empty.
+      debug_nans: when the value or a gradient is NaN/inf, re-run ``fun`` eagerly through
+        :func:`funcbp.find_nonfinite` and raise :class:`funcbp.debug.NonFiniteError` saying
+        where it started (under ``jax.jit`` from a host callback, as a ``JaxRuntimeError``
+        whose message holds the report). A finite result costs one ``isfinite`` check.
 
     Returns:
       ``f(*args, **kwargs) -> (value, grads)`` where ``grads`` has the structure of
@@ -248,6 +253,10 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
         _check_scalar_output(value, holomorphic)
         grads = pullback(lax.full((), 1, jnp.result_type(value)))
         grads = grads[0] if isinstance(argnums, int) else grads
+        if debug_nans:
+            from funcbp.debug import raise_if_nonfinite
+
+            value, grads = raise_if_nonfinite(fun, args, kwargs, nums, has_aux, value, grads)
         return ((value, aux) if has_aux else value), grads
 
     return value_and_grad_f
@@ -255,7 +264,7 @@ def value_and_grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: boo
 
 def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
          holomorphic: bool = False, allow_int: bool = False,
-         reduce_axes: Sequence = ()) -> Callable:
+         reduce_axes: Sequence = (), *, debug_nans: bool = False) -> Callable:
     """Returns a function computing the gradient of scalar ``fun``; as ``jax.grad``.
 
     Examples:
@@ -263,7 +272,8 @@ def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False,
       >>> funcbp.grad(lambda x: jnp.tanh(x).sum())(jnp.zeros(2))
       Array([1., 1.], dtype=float32)
     """
-    vg = value_and_grad(fun, argnums, has_aux, holomorphic, allow_int, reduce_axes)
+    vg = value_and_grad(fun, argnums, has_aux, holomorphic, allow_int, reduce_axes,
+                        debug_nans=debug_nans)
 
     @functools.wraps(fun)
     def grad_f(*args, **kwargs):

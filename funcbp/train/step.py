@@ -93,6 +93,9 @@ def make_train_step(
       where that leaf's gradient holds a NaN or inf), and ``bad_labels`` (int32: integer
       labels outside ``[0, classes)``, which :func:`funcbp.losses.accuracy` and the integer
       cross-entropy refuse; under ``jit`` they cannot raise, so the trainer checks this count).
+      The step also has ``step.locate_nonfinite(params, batch, key)``: the
+      :func:`funcbp.find_nonfinite` report of its objective on that batch (eager; for after a
+      step whose ``finite`` is False).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -119,11 +122,15 @@ def make_train_step(
             total = total + l2 * losses.l2_penalty(params, penalty_mask)
         return total, (loss, logits)
 
-    def step(params, opt_state, batch, key):
+    def inputs(batch, key):
         x, y = batch
         key_aug, key_model = jax.random.split(key)
         if augment_fn is not None:
             x = augment_fn(key_aug, x)
+        return x, y, key_model
+
+    def step(params, opt_state, batch, key):
+        x, y, key_model = inputs(batch, key)
         (total, (loss, logits)), grads = grad_fn(objective, has_aux=True)(params, x, y, key_model)
         nonfinite = jax.tree.map(lambda g: ~jnp.all(jnp.isfinite(g)), grads)
         finite = jnp.isfinite(total) & ~jnp.any(jnp.stack(jax.tree.leaves(nonfinite)))
@@ -147,7 +154,16 @@ def make_train_step(
         }
         return new_params, new_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1)) if jit else step
+    def locate_nonfinite(params, batch, key):
+        """Where this step's objective or gradient first turns non-finite on ``batch``:
+        :func:`funcbp.find_nonfinite`, eagerly (the trainer calls it after a bad step)."""
+        from funcbp.debug import find_nonfinite
+
+        return find_nonfinite(objective, params, *inputs(batch, key), argnums=0, has_aux=True)
+
+    train_step = jax.jit(step, donate_argnums=(0, 1)) if jit else step
+    train_step.locate_nonfinite = locate_nonfinite
+    return train_step
 
 
 def make_eval_step(

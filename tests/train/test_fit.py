@@ -125,6 +125,8 @@ def test_nan_guard_names_step_and_leaf_and_keeps_last_good_checkpoint(tmp_path, 
     assert "at step 5 (epoch 2, batch 1)" in message
     assert "non-finite gradients in bomb_0/t;" in message
     assert "dense_0" not in message.split("non-finite gradients in")[1].split(";")[0]
+    # ...and where the NaN started: the step replayed eagerly through funcbp.find_nonfinite.
+    assert "where it started: the VJP rule of 'sqrt' at" in message
     assert f"last good checkpoint is {run / 'checkpoints' / 'latest.ckpt'} (epoch 1, step 4)" \
         in message
     # The last good checkpoint is intact and holds t after 4 steps: 1 - 4 * 0.25 = 0.

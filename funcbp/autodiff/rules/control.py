@@ -26,11 +26,12 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 from jax.extend import core
 from jax.tree_util import tree_flatten, tree_unflatten
 
-from funcbp.autodiff.rules import UnsupportedPrimitiveError, register_vjp_rule
+from funcbp.autodiff.rules import EAGER_RULES, UnsupportedPrimitiveError, register_vjp_rule
 
 __all__ = ["NonDifferentiableLoopError"]
 
@@ -59,6 +60,25 @@ class _Jaxpr(NamedTuple):
     invars: list
     outvars: list
     eqns: list
+
+
+def _eager(interp, values) -> bool:
+    """A debugging walk (``Hooks.inline``) on concrete values: loops run as Python loops."""
+    return interp.inlining() and not any(
+        isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(values))
+
+
+def _scan(step, init, xs, length, reverse, unroll, eager):
+    """``lax.scan``; or, in a debugging walk, the same loop in Python with each step's index on
+    the walk's path (``"iteration 3"``, the position along the scanned axis)."""
+    if not eager or not length:
+        return lax.scan(step, init, xs, length=length, reverse=reverse, unroll=unroll)
+    interp = _interp()
+    carry, ys = init, [None] * length
+    for i in (reversed(range(length)) if reverse else range(length)):
+        with interp.detail(f"iteration {i}"):
+            carry, ys[i] = step(carry, jax.tree.map(lambda a, i=i: a[i], xs))
+    return carry, jax.tree.map(lambda *y: jnp.stack(y), *ys)
 
 
 # --- scan -------------------------------------------------------------------------------------
@@ -148,8 +168,8 @@ def scan_forward(*args, needs, jaxpr, num_consts, num_carry, length, reverse, un
         stacked = [leaf for leaf in leaves if isinstance(leaf, jax.Array)]
         return outs[:nk], (outs[nk:], stacked)
 
-    carry_out, (ys, stacked) = lax.scan(step, init, xs, length=length, reverse=reverse,
-                                        unroll=unroll)
+    carry_out, (ys, stacked) = _scan(step, init, xs, length, reverse, unroll,
+                                     _eager(interp, args))
     return [*carry_out, *ys], (pre_record, head_vals, stacked, info)
 
 
@@ -197,8 +217,8 @@ def scan_vjp(cts, *args, res, needs, jaxpr, num_consts, num_carry, length, rever
         return (new_h, new_c), [ct_x[i] for i in xs_out]
 
     sliced = (stacked, [xs[i] for i in info.xs_needed], [cts[nk + i] for i in ys_live])
-    (ct_head, ct_carry), ct_xs = lax.scan(step, (ct_head, ct_carry), sliced, length=length,
-                                          reverse=not reverse, unroll=unroll)
+    (ct_head, ct_carry), ct_xs = _scan(step, (ct_head, ct_carry), sliced, length,
+                                       not reverse, unroll, _eager(interp, (args, cts)))
     head_cts: list[Any] = [None] * len(hoisted)
     for i, ct in zip(head_idx, ct_head, strict=True):
         head_cts[i] = ct
@@ -236,12 +256,37 @@ def cond_vjp(cts, index, *ops, needs, branches, **params):
                     for ct, a, w in zip(cts_in, in_avals, wanted, strict=True) if w]
         return run
 
-    out = lax.switch(index, [pullback(b) for b in branches], list(ops), [cts[i] for i in live])
+    live_cts = [cts[i] for i in live]
+    if _eager(interp, (index, ops, live_cts)):
+        taken = _branch_index(index, len(branches))
+        with interp.detail(f"branch {taken}"):
+            out = pullback(branches[taken])(list(ops), live_cts)
+    else:
+        out = lax.switch(index, [pullback(b) for b in branches], list(ops), live_cts)
     it = iter(out)
     return (None, *(next(it) if w else None for w in wanted))
 
 
+def _branch_index(index, n: int) -> int:
+    return min(max(int(index), 0), n - 1)  # lax.switch clamps out-of-range indices
+
+
+def cond_eager(eqn, invals) -> list:
+    """Debugging walks only: evaluates the taken branch through the interpreter."""
+    interp = _interp()
+    if not _eager(interp, invals):
+        return interp.eval_eqn(eqn, invals)
+    branches = eqn.params["branches"]
+    taken = _branch_index(invals[0], len(branches))
+    ops = list(invals[1:])
+    with interp.detail(f"branch {taken}"):
+        outs, _ = interp.forward(branches[taken].jaxpr, list(branches[taken].consts), ops,
+                                 [False] * len(ops))
+    return outs
+
+
 register_vjp_rule(lax.cond_p, cond_vjp, handles_complex=True)
+EAGER_RULES[lax.cond_p] = cond_eager
 
 
 # --- while ------------------------------------------------------------------------------------
@@ -256,11 +301,34 @@ def while_vjp(cts, *args, needs, cond_nconsts, body_jaxpr, **params):
             "reverse-mode differentiation does not work for lax.while_loop (nor lax.fori_loop "
             "with bounds that are traced values): its number of iterations is only known at run "
             "time, so the values each iteration would have to keep for the backward pass cannot "
-            "be allocated when the program is traced. Use lax.fori_loop with Python-int bounds "
-            "or lax.scan (both give a fixed trip count), wrapping the step in jax.checkpoint to "
-            "save memory; or, for a loop that runs until convergence, cap it with a scan over "
-            "a maximum number of steps and mask the finished ones.")
+            "be allocated when the program is traced. For a loop that runs until convergence, "
+            "use funcbp.bounded_while_loop(cond, body, init, max_steps) (the same arguments plus "
+            "a bound; checkpoint_every=k saves memory): funcbp.grad and jax.grad differentiate "
+            "it. Otherwise use lax.fori_loop with Python-int bounds or lax.scan (both give a "
+            "fixed trip count), wrapping the step in jax.checkpoint to save memory.")
     return (None,) * len(args)
 
 
+def while_eager(eqn, invals) -> list:
+    """Debugging walks only: the loop in Python, each iteration's index on the walk's path."""
+    interp = _interp()
+    if not _eager(interp, invals):
+        return interp.eval_eqn(eqn, invals)
+    p = eqn.params
+    nc, nb = p["cond_nconsts"], p["body_nconsts"]
+    cond_consts, body_consts, carry = invals[:nc], invals[nc:nc + nb], list(invals[nc + nb:])
+    cond, body = p["cond_jaxpr"], p["body_jaxpr"]
+    i = 0
+    while True:
+        with interp.detail(f"iteration {i}"):
+            (pred,), _ = interp.forward(cond.jaxpr, list(cond.consts), [*cond_consts, *carry],
+                                        [False] * (nc + len(carry)))
+            if not bool(pred):
+                return carry
+            carry, _ = interp.forward(body.jaxpr, list(body.consts), [*body_consts, *carry],
+                                      [False] * (nb + len(carry)))
+        i += 1
+
+
 register_vjp_rule(lax.while_p, while_vjp)
+EAGER_RULES[lax.while_p] = while_eager
