@@ -3,7 +3,10 @@
 - ``funcbp check``: runs :func:`funcbp.check.rules.verify_rules` and prints one row per
   registered primitive (status, worst absolute and relative error, dtypes, cases).
 - ``funcbp check MODULE:FUNCTION --args SPEC``: runs :func:`funcbp.check.check_grads` on the
-  user's function with random inputs built from ``SPEC``.
+  user's function with random inputs built from ``SPEC`` (``--grad-fn jax`` checks jax's
+  gradient instead of funcbp's; ``--order 2``, ``--modes rev,fwd``, ``--batched``,
+  ``--deterministic`` add checks; ``--devices N`` runs
+  :func:`funcbp.check.distributed_grad_check` instead).
 
 Both print JSON instead with ``--json`` and exit with status 1 when a gradient is wrong, 2 when
 nothing could be checked (a usage error, or the user's function, sample or import raised: the
@@ -66,6 +69,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--atol", type=float)
     g.add_argument("--fd-rtol", type=float, help="tolerance against finite differences")
     g.add_argument("--fd-atol", type=float)
+    g.add_argument("--grad-fn", default="funcbp", metavar="NAME",
+                   help="the gradient to check: funcbp (default), jax (jax.grad), or "
+                        "MODULE:FUNCTION, a transformation like jax.grad")
+    g.add_argument("--against", metavar="REFS",
+                   help="comma-separated references: fd, jax, MODULE:FUNCTION (default: jax,fd;"
+                        " fd alone for --grad-fn jax)")
+    g.add_argument("--order", type=int, choices=(1, 2), default=1,
+                   help="2: also check the gradient of the gradient (Hessian-vector products)")
+    g.add_argument("--modes", default="rev", metavar="rev,fwd",
+                   help="rev (the gradient, leaf by leaf) and/or fwd (jax.jvp against finite "
+                        "differences)")
+    g.add_argument("--batched", action="store_true",
+                   help="also check jax.vmap of the gradient against a loop")
+    g.add_argument("--deterministic", action="store_true",
+                   help="also check that two runs agree bit for bit")
+    g.add_argument("--devices", type=int, metavar="N",
+                   help="instead: compare the data-parallel gradient on N devices with the "
+                        "one-device gradient (argument 0, or --argnums, is the parameters; the "
+                        "others are the batch, split along their first axis); on a CPU, N "
+                        "devices are made for it")
+    g.add_argument("--parallel-grad", metavar="MODULE:FUNCTION",
+                   help="with --devices: your data-parallel gradient (params, batch) -> grads "
+                        "(default: the trainer's sharded jit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,6 +225,11 @@ def _run_function(args: argparse.Namespace) -> int:
 
     from funcbp.check.grads import check_grads
 
+    if args.devices:
+        try:  # CPU devices for the mesh; only possible before jax starts its backend
+            jax.config.update("jax_num_cpu_devices", max(args.devices, 1))
+        except Exception:  # pragma: no cover - the backend already started
+            pass
     fn = load_callable(args.target)
     if re.search(r"\bf64\[", args.args_spec or ""):
         jax.config.update("jax_enable_x64", True)  # float64 inputs were asked for
@@ -228,9 +259,20 @@ def _run_function(args: argparse.Namespace) -> int:
         jax.block_until_ready(fn(*values))
     except Exception as err:
         return _raised(f"your function {args.target} raised", err, values)
+    grad_fn = _transform(args.grad_fn, "--grad-fn")
+    against = None if not args.against else tuple(
+        r if r in ("fd", "jax") else _transform(r, "--against")
+        for r in (t.strip() for t in args.against.split(",")) if r)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    if any(m not in ("rev", "fwd") for m in modes) or not modes:
+        raise _UsageError(f"--modes {args.modes!r}: write rev, fwd or rev,fwd")
+    if args.devices:
+        return _run_distributed(args, fn, values, argnums, grad_fn)
     try:
         report = check_grads(fn, tuple(values), argnums, rtol=args.rtol, atol=args.atol,
-                             fd_rtol=args.fd_rtol, fd_atol=args.fd_atol, seed=args.seed)
+                             fd_rtol=args.fd_rtol, fd_atol=args.fd_atol, seed=args.seed,
+                             grad_fn=grad_fn, against=against, order=args.order, modes=modes,
+                             batched=args.batched, deterministic=args.deterministic)
     except Exception as err:
         return _raised(f"differentiating {args.target} raised", err, values)
     if args.json:
@@ -240,6 +282,51 @@ def _run_function(args: argparse.Namespace) -> int:
         if not report.passed:
             print()
             print(report.failure_message())
+    return 0 if report.passed else 1
+
+
+def _transform(name: str, option: str) -> Callable | None:
+    """``funcbp`` -> None (check_grads's default), ``jax`` -> jax.grad, else MODULE:FUNCTION."""
+    import jax
+
+    if name == "funcbp":
+        return None
+    if name == "jax":
+        return jax.grad
+    if ":" not in name:
+        raise _UsageError(f"{option} {name!r}: write funcbp, jax or MODULE:FUNCTION")
+    return load_callable(name)
+
+
+def _run_distributed(args: argparse.Namespace, fn: Callable, values: Any, argnums: Any,
+                     grad_fn: Callable | None) -> int:
+    from funcbp.check.distributed import distributed_grad_check
+
+    nums = argnums or (0,)
+    if len(nums) != 1:
+        raise _UsageError("--devices: give one --argnums (the parameters); the other arguments "
+                          "are the batch")
+    k = nums[0] % len(values)
+    params, batch = values[k], tuple(v for i, v in enumerate(values) if i != k)
+
+    def loss(p, b):
+        full = list(b)
+        full.insert(k, p)
+        return fn(*full)
+
+    loss.__name__ = getattr(fn, "__name__", "loss")
+    dp = load_callable(args.parallel_grad) if args.parallel_grad else None
+    try:
+        report = distributed_grad_check(loss, params, batch, args.devices, grad_fn=grad_fn,
+                                        parallel_grad_fn=dp, rtol=args.rtol, atol=args.atol)
+    except ValueError as err:
+        raise _UsageError(str(err)) from None
+    except Exception as err:
+        return _raised(f"the data-parallel gradient of {args.target} raised", err, values)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=1, default=_json_default))
+    else:
+        print(report)
     return 0 if report.passed else 1
 
 

@@ -192,3 +192,112 @@ def test_methods_can_be_chosen():
 def test_bad_input_gets_a_clear_error(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- any gradient, second order, forward mode, kinks (issue 15) -------------------------------
+
+@jax.custom_vjp
+def wrong_vjp_sin(x):
+    return jnp.sin(x)
+
+
+wrong_vjp_sin.defvjp(lambda x: (jnp.sin(x), x), lambda x, ct: (ct * jnp.cos(x) * 1.5,))
+
+
+@jax.custom_jvp
+def wrong_second_sin(x):
+    return jnp.sin(x)
+
+
+@wrong_second_sin.defjvp
+def _wrong_second_sin_rule(primals, tangents):
+    (x,), (t,) = primals, tangents
+    return jnp.sin(x), jnp.cos(lax.stop_gradient(x)) * t  # right slope, no curvature
+
+
+def test_a_wrong_custom_vjp_is_caught_when_checking_jax_grad():
+    report = check_grads(lambda x: jnp.sum(wrong_vjp_sin(x)), (jnp.linspace(0.1, 1.0, 3),),
+                         grad_fn=jax.grad)
+    leaf = report.leaves[0]
+    assert report.grad_fn == "jax.grad" and leaf.vs_jax is None  # jax vs itself is skipped
+    assert not leaf.vs_fd.passed and leaf.vs_fd.max_rel_err == pytest.approx(0.5, rel=0.02)
+    assert "jax.grad disagrees with the primal computation" in report.failure_message()
+    ok = check_grads(lambda x: jnp.sum(jnp.sin(x)), (jnp.linspace(0.1, 1.0, 3),),
+                     grad_fn=jax.grad, against=("fd", lambda fun, argnums: funcbp.grad(
+                         fun, argnums)))
+    assert ok.passed and ok.leaves[0].vs_ref["ref"].max_rel_err < 1e-6
+
+
+@pytest.mark.parametrize("grad_fn", [None, jax.grad], ids=["funcbp", "jax"])
+def test_a_wrong_second_derivative_is_caught_by_order_2_only(grad_fn):
+    f = lambda x: jnp.sum(wrong_second_sin(x))  # noqa: E731
+    x = (jnp.array([0.3, 1.0]),)
+    assert check_grads(f, x, grad_fn=grad_fn).passed  # the first derivative is right
+    report = check_grads(f, x, grad_fn=grad_fn, order=2)
+    assert not report.passed and report.leaves[0].passed
+    second = report.second_order.leaves[0]
+    assert second.path == "args[0]" and not second.vs_fd.passed
+    assert second.vs_fd.ours == 0.0 and second.vs_fd.max_rel_err > 0.9  # no curvature at all
+    assert "second order" in report.failure_message()
+
+
+def test_second_order_forward_mode_batched_and_determinism_pass_on_a_correct_mlp():
+    p = _params(jax.random.key(10), sizes=(2, 3, 1))
+    x = jax.random.normal(jax.random.key(11), (2, 2))
+    report = check_grads(_mlp_loss, (p, x), argnums=0, order=2, modes=("rev", "fwd"),
+                         batched=True, deterministic=True)
+    assert report.passed, str(report)
+    assert [c.name.split(":")[0] for c in report.checks] == [
+        "forward mode (jax.jvp) vs finite differences", "batched", "deterministic"]
+    assert report.second_order.passed and len(report.second_order.checks) == 1
+    assert "Hessian-vector products" in str(report)
+
+
+def test_forward_mode_catches_a_wrong_custom_jvp():
+    report = check_grads(lambda x: wrong_jvp_sin(x) ** 2, (jnp.ones(3),), modes=("fwd",))
+    assert not report.passed and report.leaves[0].vs_fd is None
+    assert not report.checks[0].passed and report.checks[0].max_rel_err > 5e-3
+
+
+@pytest.mark.parametrize("f, x, prim", [
+    (lambda x: jnp.sum(jax.nn.relu(x) * jnp.arange(1.0, 4.0)), [0.0, 1.0, -1.0], "max"),
+    (lambda x: jnp.sum(jnp.abs(x) + jnp.clip(x, -1.0, 1.0)), [0.0, 1.0, 2.0], "abs"),
+    (lambda x: jnp.max(x) * 2.0, [3.0, 3.0, 3.0], "reduce_max"),  # a three-way tie
+    (lambda x: jnp.sum(jnp.where(x > 0.5, x, 2 * x)), [0.5, 3.0, 2.0], "gt"),
+])
+def test_a_kink_on_the_stencil_is_a_warning_not_a_failure(f, x, prim):
+    with pytest.warns(funcbp.check.GradCheckWarning, match="straddle a kink"):
+        report = check_grads(f, (jnp.array(x),))
+    assert report.passed, str(report)
+    assert report.leaves[0].vs_fd.kinks and prim in report.leaves[0].vs_fd.kinks[0]
+    assert "kink" in str(report)
+    with pytest.raises(AssertionError):  # without the probe the same check fails
+        assert check_grads(f, (jnp.array(x),), kinks=False).passed
+
+
+def test_cli_checks_jax_grad_and_the_second_order(tmp_path, capsys):
+    from funcbp.check.cli import main_check
+
+    user = tmp_path / "user_rules.py"
+    user.write_text(
+        "import jax, jax.numpy as jnp\n"
+        "from jax import lax\n"
+        "@jax.custom_vjp\n"
+        "def bad(x):\n"
+        "    return jnp.sin(x)\n"
+        "bad.defvjp(lambda x: (jnp.sin(x), x), lambda x, ct: (ct * jnp.cos(x) * 1.5,))\n"
+        "@jax.custom_jvp\n"
+        "def flat(x):\n"
+        "    return jnp.sin(x)\n"
+        "flat.defjvp(lambda p, t: (jnp.sin(p[0]), jnp.cos(lax.stop_gradient(p[0])) * t[0]))\n"
+        "def bad_vjp(x):\n"
+        "    return jnp.sum(bad(x))\n"
+        "def bad_curvature(x):\n"
+        "    return jnp.sum(flat(x))\n")
+    assert main_check([f"{user}:bad_vjp", "--args", "f32[3]", "--grad-fn", "jax"]) == 1
+    assert "jax.grad disagrees with the primal computation" in capsys.readouterr().out
+    assert main_check([f"{user}:bad_curvature", "--args", "f32[2]"]) == 0
+    assert main_check([f"{user}:bad_curvature", "--args", "f32[2]", "--order", "2",
+                       "--modes", "rev,fwd"]) == 1
+    assert "second order" in capsys.readouterr().out
+    assert main_check([f"{user}:bad_vjp", "--args", "f32[3]", "--modes", "sideways"]) == 2
