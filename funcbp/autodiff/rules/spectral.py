@@ -42,7 +42,19 @@ def _f_matrix(lam):
 
 # --- eigh ---------------------------------------------------------------------------------------
 
-@vjp_rule(linalg.eigh_p, handles_complex=True)
+def eigh_forward(x, *, needs, **params):
+    """Decomposes (x + x^H) / 2 when x is differentiated, as jax's derivative does.
+
+    For the Hermitian input eigh requires this is x itself. For an input that is not (e.g. one
+    triangle, with ``symmetrize_input=False``, which LAPACK reads as a Hermitian matrix), jax
+    differentiates the decomposition of the symmetrised matrix and returns its values; funcbp
+    returns the same values and gradient.
+    """
+    sym = (x + jnp.conj(mT(x))) / 2
+    return list(linalg.eigh_p.bind(sym, **params)), None
+
+
+@vjp_rule(linalg.eigh_p, forward=eigh_forward, handles_complex=True)
 def eigh_vjp(cts, x, *, out, lower, sort_eigenvalues, subset_by_index, **params):
     """A = V diag(w) V^H: Ā = conj(V) (diag(w̄) + F ∘ (V^T V̄)) V^T, F_ij = 1/(w_j - w_i).
 
