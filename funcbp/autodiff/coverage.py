@@ -24,9 +24,8 @@ __all__ = ["EXCLUDED", "PUBLIC_MODULES", "STRICT", "Coverage", "coverage_report"
 
 #: The gate: when True, ``tests/autodiff/test_coverage.py`` and ``tests/check/test_harnesses.py``
 #: fail on any gap that :data:`EXCLUDED` (and ``funcbp.check.harnesses.EXCLUDED_HARNESSES``)
-#: does not explain. False while the rules of issue 18 are being written: the gaps are listed,
-#: the tests report them as expected failures.
-STRICT = False
+#: does not explain: a missing rule, a stale exclusion or a failing harness.
+STRICT = True
 
 #: The public modules whose primitives are in scope (importing them registers their rules).
 PUBLIC_MODULES = (
