@@ -25,12 +25,14 @@ from funcbp.autodiff import (
 from funcbp.autodiff.tag import tag  # noqa: E402
 from funcbp.debug import find_nonfinite  # noqa: E402
 from funcbp.explain import explain  # noqa: E402
+from funcbp.loops import bounded_while_loop  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
     "UnsupportedPrimitiveError",
     "VJP_RULES",
+    "bounded_while_loop",
     "explain",
     "find_nonfinite",
     "grad",
