@@ -303,8 +303,9 @@ def test_diag_ggn_mc_converges_to_diag_ggn_at_the_right_scale():
                 mc_samples=M)["diag_ggn_mc"])[0]
             errs[M] = float(jnp.linalg.norm(est - exact) / jnp.linalg.norm(exact))
         assert errs[4096] < 0.08, errs
-        assert errs[16] / errs[4096] > 4, errs   # 1/sqrt(M) predicts 16
-        assert abs(2 * errs[4096]) < abs(1 - 2) / 4   # a factor 2 would give error >= 1
+        # 1/sqrt(M) predicts a ratio of 16; a scale off by 2 (or 1/2) would leave a relative
+        # error of 1 (or 0.5) at any M, far above the 0.08 bound
+        assert errs[16] / errs[4096] > 4, errs
 
 
 @pytest.mark.parametrize("loss", ["mse", "sigmoid_binary_cross_entropy"])
