@@ -258,6 +258,15 @@ def _rule(an: Analysis, i: int, eqn: Any, ax_in: list, active_in: list) -> list:
     if name == "concatenate":
         ax = _join(ax_in)
         return [MIXED if ax is MIXED or ax == p["dimension"] else ax]
+    if name == "stack":
+        ax = _join(ax_in)
+        if ax is MIXED:
+            return [MIXED]
+        return [ax + 1 if ax >= p["axis"] else ax]
+    if name == "unstack":
+        return [MIXED if p["axis"] == a else a - (a > p["axis"])] * nout
+    if name == "tile":
+        return [a if p["reps"][a] == 1 else MIXED]
     if name == "split":
         return [MIXED if p["axis"] == a else a] * nout
     if name == "dynamic_slice":
