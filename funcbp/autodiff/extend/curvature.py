@@ -44,7 +44,7 @@ _LINEAR = {
     "dynamic_update_slice", "gather", "scatter-add", "scatter_add", "reduce_sum", "reduce_max",
     "reduce_min", "cumsum", "cummax", "cummin", "dot_general", "conv_general_dilated",
     "reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window", "sort",
-    "div", "argmax", "argmin", "iota",
+    "div", "argmax", "argmin", "iota", "stack", "unstack", "tile",
 }
 # Bilinear: two differentiated operands meet; their cross term matters if they share a parameter.
 _BILINEAR = {"mul", "dot_general", "conv_general_dilated"}
