@@ -68,6 +68,9 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     g.add_argument("--grad-flow", action=argparse.BooleanOptionalAction,
                    help="log per-layer gradient norms each epoch and plot them")
+    g.add_argument("--activation-stats", action=argparse.BooleanOptionalAction,
+                   help="log each activation's mean, std, zero and saturated fractions each "
+                        "epoch and plot them (dead ReLUs, saturated sigmoids)")
     g.add_argument("--log-quantities", metavar="NAMES",
                    help="log funcbp.quantities each epoch, e.g. batch_l2,variance: per-layer "
                         "gradient SNR and per-example norm percentiles (metrics and plot)")

@@ -12,7 +12,10 @@ cotangent flowing through every parameter leaf, every top-level layer of the par
 
 The result is a pytree of arrays, so ``jax.jit(gradient_flow, static_argnums=0)`` works and a
 trainer can log it every epoch; :func:`plot_gradient_flow` draws a history of them as a
-per-layer chart over time. See ``docs/diagnostics.md``.
+per-layer chart over time. :func:`activation_stats` records the forward side: per tag and per
+activation the mean, the standard deviation, the fraction of zeros (dead ReLUs) and of saturated
+sigmoid/tanh inputs; :func:`plot_activation_stats` draws them over training. See
+``docs/diagnostics.md``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import numpy as np
 from funcbp.autodiff.api import value_and_grad
 from funcbp.autodiff.tag import recording, tag
 
-__all__ = ["GradientFlow", "gradient_flow", "plot_gradient_flow", "tag"]
+__all__ = ["ActivationStats", "GradientFlow", "activation_stats", "gradient_flow",
+           "plot_activation_stats", "plot_gradient_flow", "tag"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +264,175 @@ def plot_gradient_flow(history: Sequence[GradientFlow | Mapping], path: str, *,
     ax2.set_xlabel("epoch")
     ax2.set_title("log10 gradient norm (input layer at the bottom)")
     fig.colorbar(im, ax=ax2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# --- activation statistics -----------------------------------------------------------------------
+
+#: names of jax.nn's jitted activations whose *output* is recorded as a ReLU-like site.
+RELU_LIKE = ("relu", "relu6")
+#: composite activations whose inner logistic/tanh is not a layer's activation of its own.
+_COMPOSITE = ("silu", "swish", "gelu", "mish", "softplus", "log_sigmoid", "hard_swish",
+              "hard_silu", "glu", "celu", "elu", "selu", "sparse_plus", "squareplus")
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationStats:
+    """Forward statistics per tag and per activation of a network, in forward order.
+
+    A pytree whose children are arrays (so it can leave ``jax.jit``).
+
+    Attributes:
+      layers: name -> ``{"mean", "std", "zero", "count", "saturated"?, "dead"?}`` (fractions in
+        ``[0, 1]``: ``zero`` of entries exactly 0, ``saturated`` of sigmoid/tanh inputs with
+        ``|x| > 4``, ``dead`` of ReLU units that are 0 for every example of the batch).
+      kinds: name -> ``"relu"``, ``"sigmoid"``, ``"tanh"`` or None.
+      order: the names in the order the forward pass met them.
+    """
+
+    layers: dict
+    kinds: dict = dataclasses.field(default_factory=dict)
+    order: tuple = ()
+
+    def to_dict(self) -> dict:
+        """Python floats, for JSON logs: ``{name: {"mean": ..., ...}}`` in forward order."""
+        return {k: {s: float(v) for s, v in self.layers[k].items()} for k in self.order}
+
+    def __str__(self) -> str:
+        from funcbp.check.grads import format_table
+
+        rows = []
+        for k in self.order:
+            s = self.layers[k]
+            pct = [f"{100 * float(s[key]):.1f}%" if key in s else "-"
+                   for key in ("zero", "saturated", "dead")]
+            rows.append([k, self.kinds.get(k) or "-", f"{float(s['mean']):.3g}",
+                         f"{float(s['std']):.3g}", *pct])
+        return "\n".join(["activation statistics (sigmoid/tanh: their input; relu: its output)",
+                          format_table(["layer", "kind", "mean", "std", "zero", "saturated",
+                                        "dead units"], rows)])
+
+
+jax.tree_util.register_dataclass(ActivationStats, data_fields=["layers"],
+                                 meta_fields=["kinds", "order"])
+
+
+class _Activations:
+    """Records the activations funcbp's forward walk meets, named ``<kind>_<k>``."""
+
+    inline = True  # inside jit(relu), custom_jvp and the user's nested jits
+
+    def __init__(self, rec: Any) -> None:
+        self.rec = rec
+        self.count: dict[str, int] = {}
+
+    def _site(self, kind: str, value: Any) -> None:
+        k = self.count.get(kind, 0)
+        self.count[kind] = k + 1
+        self.rec.record_stats(f"{kind}_{k}", kind, value, walk=True)
+
+    def forward_eqn(self, eqn, invals, outs) -> None:
+        from funcbp.autodiff import interpreter
+
+        name = eqn.params.get("name")
+        if eqn.primitive.name in ("jit", "pjit") and name in RELU_LIKE:
+            self._site("relu", outs[0])
+        elif eqn.primitive.name in ("logistic", "tanh"):
+            inside = [f.primitive for f in interpreter.path()]
+            if not any(f"jit({c})" in inside for c in _COMPOSITE):
+                self._site("sigmoid" if eqn.primitive.name == "logistic" else "tanh", invals[0])
+
+    def backward_eqn(self, *args) -> None:
+        pass
+
+
+def activation_stats(fn: Callable, *args: Any, auto: bool = True, **kwargs: Any
+                     ) -> ActivationStats:
+    """Forward statistics of ``fn(*args, **kwargs)``'s tags and activations.
+
+    Runs ``fn`` forward through funcbp's interpreter and records, for every
+    ``funcbp.tag(x, name, kind=...)`` and (``auto``) every activation it meets, named
+    ``relu_0``, ``relu_1``, ``sigmoid_0``, ``tanh_0``... in forward order: the mean and standard
+    deviation, the fraction of entries exactly zero, for sigmoid/tanh the fraction of their
+    inputs beyond ``±4`` (saturated: slope below 0.02), for ReLU the fraction of dead units
+    (zero for every example). ReLU sites report the ReLU's output, sigmoid/tanh sites their
+    input. The result is a pytree of arrays: ``jax.jit`` the call to log it every epoch.
+
+    Args:
+      fn: the function, e.g. ``model.apply`` or ``lambda p, x: model.apply(p, x)``.
+      *args, **kwargs: its arguments (a probe batch).
+      auto: also record the activations that are not tagged (``jax.nn.relu`` and
+        ``funcbp.nn.relu``, ``relu6``, ``logistic``/``jax.nn.sigmoid``, ``tanh``).
+
+    Returns:
+      An :class:`ActivationStats` (``print`` it for a table; ``.to_dict()`` for logs).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from funcbp.diagnostics import activation_stats
+      >>> def net(w, x):
+      ...     return jax.nn.sigmoid(jax.nn.relu(x @ w) @ w - 10.0)
+      >>> s = activation_stats(net, -jnp.eye(3), jnp.ones((4, 3)))
+      >>> s.order, float(s.layers["relu_0"]["dead"]), float(s.layers["sigmoid_0"]["saturated"])
+      (('relu_0', 'sigmoid_0'), 1.0, 1.0)
+    """
+    from funcbp.autodiff import interpreter
+
+    if not callable(fn):
+        raise TypeError(f"activation_stats expects a function first, got {fn!r}")
+    closed = jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args)
+    leaves = jax.tree.leaves(args)
+    with recording() as rec:
+        extra = (_Activations(rec),) if auto else ()
+        with interpreter.hooks(*extra):
+            interpreter.forward(closed.jaxpr, list(closed.consts), leaves,
+                                [False] * len(leaves))
+    stats = rec.stats
+    return ActivationStats(stats, dict(rec.kinds), tuple(stats))
+
+
+def plot_activation_stats(history: Sequence[ActivationStats | Mapping], path: str, *,
+                          title: str = "activation statistics") -> str:
+    """Draws, per layer over time, the fraction of zeros, of saturated inputs and the
+    standard deviation (one line per layer; input layer first) to ``path``.
+
+    Args:
+      history: one entry per epoch: :class:`ActivationStats` or their ``to_dict()``.
+      path: where to write the PNG.
+      title: the figure's title.
+
+    Returns:
+      ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        raise ValueError("plot_activation_stats needs a non-empty history")
+    rows = [h.to_dict() if isinstance(h, ActivationStats) else dict(h) for h in history]
+    names = list(rows[-1])
+    panels = [("zero", "fraction exactly zero"), ("saturated", "fraction saturated (|x| > 4)"),
+              ("std", "standard deviation")]
+    panels = [p for p in panels if any(p[0] in r.get(n, {}) for r in rows for n in names)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for j, n in enumerate(names):
+            ys = [r.get(n, {}).get(key, np.nan) for r in rows]
+            if not all(np.isnan(ys)):
+                ax.plot(np.arange(len(rows)), ys, marker="o", ms=3, label=n,
+                        color=cmap(j / max(len(names) - 1, 1)))
+        ax.set_xlabel("epoch")
+        ax.set_title(label, fontsize=9)
+        if key != "std":
+            ax.set_ylim(-0.02, 1.02)
+    axes[0][0].legend(fontsize=7, ncol=2)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -42,8 +42,8 @@ NUM_CLASSES = 10  # every built-in data set has ten classes
 #: Fields a resumed run may change (with ``allow_config_change``): they change neither the
 #: data, nor the model, nor the optimisation of the epochs already trained. ``epochs`` does
 #: stretch a decaying schedule over the new length from the next epoch on.
-RESUME_SAFE_FIELDS = ("data_dir", "devices", "epochs", "eval_batch_size", "grad", "grad_flow",
-                      "log_quantities", "patience", "shard_params")
+RESUME_SAFE_FIELDS = ("activation_stats", "data_dir", "devices", "epochs", "eval_batch_size",
+                      "grad", "grad_flow", "log_quantities", "patience", "shard_params")
 #: What ``log_quantities`` accepts (``funcbp.quantities`` names that its summary reads).
 LOG_QUANTITIES = ("batch_l2", "variance")
 
@@ -107,6 +107,10 @@ class TrainConfig:
         training batch (``"batch_l2,variance"``): per-layer gradient signal-to-noise
         ``|mean|^2 / tr(variance)`` and per-example gradient-norm percentiles, in the metrics
         and plotted over epochs (``quantities.png``). Empty: none.
+      activation_stats: after each epoch, record every activation's forward statistics on a
+        training batch (``funcbp.diagnostics.activation_stats``: mean, std, fraction of zeros
+        and dead ReLU units, fraction of saturated sigmoid/tanh inputs) in the metrics and plot
+        them over epochs (``activation_stats.png``).
     """
 
     data: str = "digits"
@@ -136,6 +140,7 @@ class TrainConfig:
     shard_params: bool = False
     grad_flow: bool = False
     log_quantities: str = ""
+    activation_stats: bool = False
 
     def __post_init__(self):
         if self.model is None:

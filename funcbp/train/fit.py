@@ -35,7 +35,12 @@ import numpy as np
 
 from funcbp import data as fdata
 from funcbp import losses, nn
-from funcbp.diagnostics import gradient_flow, plot_gradient_flow
+from funcbp.diagnostics import (
+    activation_stats,
+    gradient_flow,
+    plot_activation_stats,
+    plot_gradient_flow,
+)
 from funcbp.losses import LabelRangeError
 from funcbp.quantities import plot_summary as plot_quantities
 from funcbp.quantities import quantities
@@ -420,6 +425,7 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
     eval_step = make_eval_step(model.apply, loss_fn)
     flow_fn = jax.jit(lambda p, x, y: gradient_flow(lambda p, x, y: loss_fn(model.apply(p, x), y),
                                                     p, x, y))
+    stats_fn = jax.jit(lambda p, x: activation_stats(lambda p, x: model.apply(p, x), p, x))
     log_quantities = tuple(q.strip() for q in config.log_quantities.split(",") if q.strip())
     quantities_fn = jax.jit(lambda p, x, y: quantities(
         lambda p, x: model.apply(p, x), p, x, y, loss="softmax_cross_entropy",
@@ -570,6 +576,8 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         if log_quantities:
             record["quantities"] = summarize_quantities(
                 quantities_fn(host(params), x_train_d[:256], y_train_d[:256]))
+        if config.activation_stats:
+            record["activation_stats"] = stats_fn(host(params), x_train_d[:256]).to_dict()
         if config.grad_flow:
             flow = flow_fn(host(params), x_train_d[:256], y_train_d[:256])
             record["grad_flow"] = {"layers": flow.to_dict()["layers"],
@@ -605,6 +613,10 @@ def _run(config, run_dir, *, resume_from, callbacks, quiet, log) -> FitResult:
         if flows:
             path = run_dir / "gradient_flow.png"
             write(_save_whole, path, lambda tmp: plot_gradient_flow(flows, str(tmp)))
+        acts = [r["activation_stats"] for r in history if "activation_stats" in r]
+        if acts:
+            write(_save_whole, run_dir / "activation_stats.png",
+                  lambda tmp: plot_activation_stats(acts, str(tmp)))
         logged = [dict(r["quantities"], step=r["epoch"]) for r in history if "quantities" in r]
         if logged:
             write(_save_whole, run_dir / "quantities.png",
