@@ -284,14 +284,16 @@ def quantities(apply_fn: Callable, params: Any, x: Any, y: Any, *, loss: str,
             raise batch_axes.BatchMixingError(
                 f"funcbp.quantities: the model output must keep the examples on axis 0 (found "
                 f"{out_axis!r}); return f with shape (batch, ...)")
+    residuals = False
     if "diag_hessian" in want:
         curvature.check(an)
+        residuals = curvature.has_residuals(an)
 
     outs, record = interpreter.forward(jaxpr, list(closed.consts), leaves, active)
     f = outs[0]
     s = 1.0 / factors.count(f) if reduction == "mean" else 1.0
     groups: dict = {}
-    if want & (_FIRST | {"diag_hessian"}):
+    if want & _FIRST or residuals:  # the Hessian's residual terms read the gradient
         groups["grad"] = factors.grad(f, y, s)[None]
     if want & {"diag_ggn", "diag_hessian"}:
         groups["ggn"] = factors.sqrt(f, y, s)

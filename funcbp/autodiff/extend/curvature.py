@@ -140,6 +140,12 @@ def check(an: Analysis) -> None:
     an.residual = sites  # type: ignore[attr-defined]
 
 
+def has_residuals(an: Analysis) -> bool:
+    """Whether any equation (nested calls included) creates residual columns."""
+    return bool(residual_sites(an)) or any(
+        has_residuals(sub) for key, sub in an.subs.items() if hasattr(sub, "residual"))
+
+
 def residual_sites(an: Analysis) -> dict:
     """Equation index -> operand whose residual columns that equation creates."""
     if not hasattr(an, "residual"):

@@ -61,8 +61,11 @@ def _reduce(parts: list, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, 
     if grad is not None:
         d = grad[0]
         Dout = d.shape[-1]
-        out["grad"] = to_w(_contract(parts, d, "btc", "bte", "ce"))
         first = {"batch_l2", "sum_grad_squared", "variance"} & want
+        per_example = (first and not (T == 1 and len(parts) == 1)
+                       and not (first == {"batch_l2"} and T * T < Din * Dout))
+        if not per_example:
+            out["grad"] = to_w(_contract(parts, d, "btc", "bte", "ce"))
         if T == 1 and len(parts) == 1:
             a2, d2 = parts[0][:, 0] ** 2, d[:, 0] ** 2
             if "batch_l2" in want:
@@ -74,8 +77,9 @@ def _reduce(parts: list, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, 
                 path = "gram"
                 gram = sum(jnp.einsum("btc,bsc->bts", a, a) for a in parts)
                 out["batch_l2"] = jnp.sum(gram * jnp.einsum("bte,bse->bts", d, d), axis=(1, 2))
-            else:
+            else:  # the per-example gradients of one weight: their sum is the gradient
                 g = _contract(parts, d, "btc", "bte", "bce")
+                out["grad"] = to_w(jnp.sum(g, axis=0))
                 out["batch_l2"] = jnp.sum(g * g, axis=(1, 2))
                 out["sum_grad_squared"] = to_w(jnp.sum(g * g, axis=0))
     diag: dict = {}
