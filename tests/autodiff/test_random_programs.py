@@ -19,7 +19,6 @@ SEED`` replays one.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ import pytest
 from jax import lax
 
 import funcbp
-from funcbp.autodiff.rules import COMPLEX_RULES, FORWARD_RULES, RULE_MODULES, VJP_RULES
+from funcbp.autodiff.rules import replaced_rule
 from funcbp.check.grads import _compare, _lowest_float, _precision, _scale, default_tolerances
 
 NUM_PROGRAMS = 160
@@ -578,19 +577,6 @@ def test_known_bugs(seed, request):
     assert not failures, failures[0]
 
 
-@contextlib.contextmanager
-def planted(prim, rule):
-    """Replaces ``prim``'s rule by ``rule`` for the duration of the block."""
-    saved = (VJP_RULES[prim], RULE_MODULES[prim], prim in COMPLEX_RULES, FORWARD_RULES.get(prim))
-    funcbp.register_vjp_rule(prim, rule, override=True)
-    try:
-        yield
-    finally:
-        funcbp.register_vjp_rule(prim, saved[0], override=True, handles_complex=saved[2],
-                                 forward=saved[3])
-        RULE_MODULES[prim] = saved[1]
-
-
 def test_a_rule_that_ignores_a_parameter_fails():
     """The point of this file: a rev rule that reverses every axis, ignoring ``dimensions``."""
     def rev_ignoring_dimensions(ct, x, *, dimensions, **params):
@@ -599,7 +585,7 @@ def test_a_rule_that_ignores_a_parameter_fails():
     programs = [p for p in map(make_program, range(NUM_PROGRAMS))
                 if any(op == "rev" for op, *_ in p.steps)]
     assert len(programs) >= 5
-    with planted(lax.rev_p, rev_ignoring_dimensions):
+    with replaced_rule(lax.rev_p, rev_ignoring_dimensions):
         failures = check_programs(programs)
     assert failures and "rev dimensions=" in failures[0], failures[:1]
 

@@ -9,9 +9,8 @@ that lists the causes.
 import pytest
 from jax import lax
 
-import funcbp
 from funcbp.autodiff import coverage
-from funcbp.autodiff.rules import COMPLEX_RULES, FORWARD_RULES, RULE_MODULES, VJP_RULES
+from funcbp.autodiff.rules import VJP_RULES, replaced_rule
 from funcbp.check.harnesses import STATUSES, run_harnesses, select_harnesses
 from funcbp.check.harnesses import run_one as run_harness
 
@@ -47,21 +46,15 @@ def test_a_wrong_rule_fails_its_harness():
     harness, dtype = next((h, d) for h, d in select_harnesses("fast", only=["tanh"])
                           if d == "float64")
     assert run_harness(harness, dtype).status == "pass"
-    saved = (VJP_RULES[lax.tanh_p], RULE_MODULES[lax.tanh_p], lax.tanh_p in COMPLEX_RULES,
-             FORWARD_RULES.get(lax.tanh_p))
+    good = VJP_RULES[lax.tanh_p]
 
     def wrong(ct, x, *, out, **params):
         return (ct * (1 - out * out) * 1.0001,)
-    funcbp.register_vjp_rule(lax.tanh_p, wrong, override=True)
-    try:
+    with replaced_rule(lax.tanh_p, wrong):
         result = run_harness(harness, dtype)
-    finally:
-        funcbp.register_vjp_rule(lax.tanh_p, saved[0], override=True, handles_complex=saved[2],
-                                 forward=saved[3])
-        RULE_MODULES[lax.tanh_p] = saved[1]
     assert result.status == "FAIL" and result.cause == "wrong values in 'tanh'", result
     assert "rel err" in result.message
-    assert VJP_RULES[lax.tanh_p] is saved[0]
+    assert VJP_RULES[lax.tanh_p] is good
 
 
 def test_every_harness_jax_differentiates_passes(fast_report):

@@ -22,7 +22,8 @@ Adding a rule for a new primitive is the public extension point::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from jax.extend.core import Primitive
@@ -36,6 +37,7 @@ __all__ = [
     "ZERO_GRADIENT",
     "forward_rule",
     "register_vjp_rule",
+    "replaced_rule",
     "rule_for",
     "vjp_rule",
 ]
@@ -121,6 +123,44 @@ def vjp_rule(primitive: Primitive, *, forward: ForwardRule | None = None,
         return register_vjp_rule(primitive, rule, forward=forward, override=override,
                                  handles_complex=handles_complex)
     return register
+
+
+@contextlib.contextmanager
+def replaced_rule(primitive: Primitive, rule: VjpRule, **kwargs: Any) -> Iterator[None]:
+    """Uses ``rule`` for ``primitive`` inside the block, then restores everything registered
+    for it (rule, forward rule, module, complex and zero-gradient flags).
+
+    For experiments and for tests that plant a wrong rule to show a check catches it.
+
+    Examples:
+      >>> import jax.numpy as jnp, funcbp
+      >>> from jax import lax
+      >>> from funcbp.autodiff.rules import replaced_rule
+      >>> with replaced_rule(lax.sin_p, lambda ct, x, **p: (2 * ct * lax.cos(x),)):
+      ...     wrong = funcbp.grad(jnp.sin)(0.0)
+      >>> float(wrong), float(funcbp.grad(jnp.sin)(0.0))
+      (2.0, 1.0)
+    """
+    saved = (VJP_RULES.get(primitive), FORWARD_RULES.get(primitive),
+             RULE_MODULES.get(primitive), primitive in COMPLEX_RULES,
+             primitive in ZERO_GRADIENT)
+    register_vjp_rule(primitive, rule, override=True, **kwargs)
+    ZERO_GRADIENT.discard(primitive)
+    try:
+        yield
+    finally:
+        old_rule, old_forward, old_module, was_complex, was_zero = saved
+        if old_rule is None:
+            VJP_RULES.pop(primitive, None)
+            FORWARD_RULES.pop(primitive, None)
+            RULE_MODULES.pop(primitive, None)
+            COMPLEX_RULES.discard(primitive)
+        else:
+            register_vjp_rule(primitive, old_rule, override=True, forward=old_forward,
+                              handles_complex=was_complex)
+            RULE_MODULES[primitive] = old_module
+        if was_zero:
+            ZERO_GRADIENT.add(primitive)
 
 
 def forward_rule(primitive: Primitive) -> Callable[[ForwardRule], ForwardRule]:
