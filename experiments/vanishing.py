@@ -3,7 +3,9 @@
 Sigmoid and tanh networks start from Glorot-normal weights (the setting of Glorot & Bengio,
 2010), ReLU networks from He-normal weights (He et al., 2015). For each we record the
 gradient norm of every layer's weight matrix (computed with ``funcbp.value_and_grad``) at
-initialisation and during training, and how far each network trains with the same SGD.
+initialisation and during training, next to every hidden layer's activation statistics
+(``funcbp.diagnostics.activation_stats``: the fraction of saturated sigmoid/tanh inputs,
+``|z| > 4``, and of zero ReLU outputs), and how far each network trains with the same SGD.
 
     python -m experiments.vanishing [--quick]
 """
@@ -18,6 +20,7 @@ import numpy as np
 
 from experiments import common
 from funcbp import nn, optim
+from funcbp.diagnostics import activation_stats
 
 STUDY = "vanishing"
 ACTIVATIONS = ("sigmoid", "tanh", "relu")
@@ -47,21 +50,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
             model = common.deep_mlp([width] * (depth - 1), act, init_for(act))
             _, params = model.init(jax.random.key(depth), (1, 8, 8, 1))
             norms_fn = common.grad_norms_fn(model.apply)
+            stats_fn = jax.jit(lambda p, x, model=model: activation_stats(model.apply, p, x))
             order = common.layer_order(list(params))
 
-            def probe(epoch, p, norms_fn=norms_fn, order=order):
+            def probe(epoch, p, norms_fn=norms_fn, stats_fn=stats_fn, order=order,
+                      key="zero" if act == "relu" else "saturated"):
                 norms = norms_fn(p, probe_x, probe_y)
-                return {"grad_norms": [float(norms[k]) for k in order]}
+                stats = stats_fn(p, probe_x).to_dict()  # hidden layers, input side first
+                return {"grad_norms": [float(norms[k]) for k in order],
+                        "activation": key, key: [s[key] for s in stats.values()],
+                        "pre_std": [s["std"] for s in stats.values()]}
 
             _, hist = common.train(model.apply, params, splits, optim.sgd(lr, mu),
                                    key=jax.random.key(1), batch_size=batch, epochs=epochs,
                                    probe=probe, eval_every=max(1, epochs // 8))
             probes = hist["probes"]
             init_norms = probes[0]["grad_norms"]
+            stat = probes[0]["activation"]
             results["runs"][name] = {
                 "activation": act, "depth": depth,
                 "grad_norms_init": init_norms,
                 "first_over_last_init": init_norms[0] / init_norms[-1],
+                f"{stat}_init": probes[0][stat],
+                f"{stat}_final": probes[-1][stat],
+                "pre_std_init": probes[0]["pre_std"],
                 "grad_norms_during": probes,
                 **common.final_metrics(hist),
                 "curve": hist["epochs"],
@@ -91,6 +103,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
                ylabel="||dL/dW||")
         ax.legend(fontsize=6)
     run.save_figure(fig, "grad_norms_training")
+
+    # Saturation (sigmoid/tanh inputs beyond +-4) and dead ReLU outputs per layer, at
+    # initialisation and at the end, next to the gradient norms.
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+    for ax, act in zip(axes, ACTIVATIONS, strict=True):
+        r = results["runs"][f"{act}_{deepest}"]
+        stat = "zero" if act == "relu" else "saturated"
+        for when, style in (("init", "o-"), ("final", "s--")):
+            ax.plot(range(1, len(r[f"{stat}_{when}"]) + 1), r[f"{stat}_{when}"], style, ms=3,
+                    label=f"{stat}, {'initialisation' if when == 'init' else 'end'}")
+        ax.set(title=f"{act}, {deepest} layers", xlabel="hidden layer",
+               ylabel="fraction of units", ylim=(-0.02, 1.02))
+        ax.legend(fontsize=6)
+    run.save_figure(fig, "activation_stats")
 
     fig, axes = plt.subplots(1, len(depths), figsize=(3.4 * len(depths), 3.2), squeeze=False)
     for ax, depth in zip(axes[0], depths, strict=True):

@@ -94,6 +94,10 @@ def test_vanishing(tmp_path):
     assert r["sigmoid_10"]["first_over_last_init"] < 1e-3
     assert r["relu_10"]["first_over_last_init"] > 0.1
     assert r["sigmoid_10"]["grad_norms_init"][0] < r["sigmoid_5"]["grad_norms_init"][0]
+    # ...and not from saturation: almost no sigmoid input beyond +-4; ReLUs about half zero.
+    assert len(r["sigmoid_10"]["saturated_init"]) == 9
+    assert max(r["sigmoid_10"]["saturated_init"]) < 0.02
+    assert 0.3 < np.mean(r["relu_10"]["zero_init"]) < 0.7
 
 
 @pytest.mark.slow
