@@ -132,7 +132,7 @@ def run_jax(results: list) -> None:
         detail = (rep.warnings[0] if rep.warnings else
                   (rep.failure_message().splitlines()[1].strip() if not rep.passed
                    else "passed")) if rep else err
-        add(bug, f"funcbp check_grads(grad_fn=jax.grad, order={order})", verdict, detail, s)
+        add(bug, f"funcbp.check.check_grads(grad_fn=jax.grad, order={order})", verdict, detail, s)
         from jax.test_util import check_grads as jax_check
 
         _, s, err = _timed(lambda f=f, x=x, order=order: jax_check(
