@@ -19,6 +19,11 @@
 
 Everything the backward passes do is ``lax.scan`` / ``lax.switch`` over ordinary rules, so
 gradients of gradients work (by funcbp or by jax).
+
+Debugging walks (a ``Hooks`` with ``inline=True``, e.g. ``funcbp.find_nonfinite``) on concrete
+values run the same steps as Python loops instead, each iteration's index on the walk's path
+(``scan [iteration 3]``, ``while [iteration 7]``, ``cond [branch 1]``), so the hooks see every
+iteration's values; the compiled path is unchanged.
 """
 
 from __future__ import annotations
