@@ -64,14 +64,16 @@ def _reduce(parts: list, deltas: dict, spec: Any, to_w, to_w_in) -> tuple[dict, 
         first = {"batch_l2", "sum_grad_squared", "variance"} & want
         per_example = (first and not (T == 1 and len(parts) == 1)
                        and not (first == {"batch_l2"} and T * T < Din * Dout))
-        if not per_example:
+        dense = T == 1 and len(parts) == 1
+        if dense and first - {"batch_l2"}:
+            a, dd = parts[0][:, 0], d[:, 0]
+            out["grad"] = to_w(a.T @ dd)
+            out["sum_grad_squared"] = to_w((a * a).T @ (dd * dd))
+        elif not per_example:
             out["grad"] = to_w(_contract(parts, d, "btc", "bte", "ce"))
-        if T == 1 and len(parts) == 1:
-            a2, d2 = parts[0][:, 0] ** 2, d[:, 0] ** 2
+        if dense:
             if "batch_l2" in want:
-                out["batch_l2"] = jnp.sum(a2, 1) * jnp.sum(d2, 1)
-            if first - {"batch_l2"}:
-                out["sum_grad_squared"] = to_w(a2.T @ d2)
+                out["batch_l2"] = jnp.sum(parts[0][:, 0] ** 2, 1) * jnp.sum(d[:, 0] ** 2, 1)
         elif first:
             if first == {"batch_l2"} and T * T < Din * Dout:
                 path = "gram"
