@@ -175,7 +175,7 @@ class GradCheckReport:
         return ", ".join(parts)
 
     def failure_message(self) -> str:
-        lines = [f"check_grads({self.function}, grad_fn={self.grad_fn}): wrong: "
+        lines = [f"check_grads({self.function}, grad_fn={self.grad_fn}): wrong gradients: "
                  f"{self._status()}"]
         for leaf in self.failures:
             for c in leaf.comparisons():
