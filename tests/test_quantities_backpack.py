@@ -16,6 +16,9 @@ from jax import lax
 
 import funcbp
 
+# PyTorch warns that its backward hooks fire on module outputs (BackPACK's design)
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 torch = pytest.importorskip("torch")
 backpack = pytest.importorskip("backpack")
 from backpack import extensions as ext  # noqa: E402
