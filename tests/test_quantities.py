@@ -348,6 +348,27 @@ def test_batchnorm_in_training_mode_is_refused_naming_the_primitive():
     _close(got["grad"], ref, 1e-5, "batchnorm/grad")
 
 
+def test_diag_hessian_refuses_a_weight_used_twice():
+    w = jax.random.normal(jax.random.key(0), (3, 3))
+
+    def apply(p, x):  # the same weight in two layers: cross terms reach the diagonal
+        return jnp.tanh(x @ p["w"]) @ p["w"]
+
+    x, y = jnp.ones((2, 3)), jnp.array([0, 1])
+    with pytest.raises(HessianUnsupportedError, match="dot_general.*same parameter"):
+        funcbp.quantities(apply, {"w": w}, x, y, loss="softmax_cross_entropy",
+                          which="diag_hessian")
+    # the GGN has no such terms: still exact, through the per-example path
+    report: dict = {}
+    got = funcbp.quantities(apply, {"w": w}, x, y, loss="softmax_cross_entropy",
+                            which="diag_ggn", report=report)["diag_ggn"]["w"]
+    J = jax.jacrev(lambda v: apply({"w": v}, x))(w).reshape(6, 9)
+    Hf = jax.hessian(lambda f: _total_loss("softmax_cross_entropy", f, y, "mean"))(
+        apply({"w": w}, x)).reshape(6, 6)
+    np.testing.assert_allclose(got.reshape(-1), jnp.einsum("ap,ab,bp->p", J, Hf, J), rtol=1e-5)
+    assert report["paths"]["['w']"] == "per-example"
+
+
 def test_diag_hessian_refuses_a_recurrence():
     apply, params, x, y, loss = rnn()
     with pytest.raises(HessianUnsupportedError, match="scan"):
