@@ -72,7 +72,7 @@ def resnet():
     def apply(p, x):
         h = x @ p["inp"]["w"]
         h = h + jnp.tanh(h @ p["block"]["w"] + p["block"]["b"])
-        return h @ p["out"]["w"]
+        return (p["out"]["w"].T @ h.T).T       # the weight as dot_general's left operand
 
     return apply, params, jax.random.normal(k[3], (B, D)), \
         jax.random.normal(k[4], (B, 2)), "mse"
