@@ -488,16 +488,17 @@ def check_grads(f: Callable, args: Sequence[Any], argnums: int | Sequence[int] |
     def grad_of(*ls):
         return _gradients(grad_fn, flat_f, ls, ct)
 
+    compiled_grad = _compiled(grad_of)
     rev = "rev" in modes
     if rev and ("jax" in methods or references):
-        ours = [np.asarray(g) for g in grad_of(*xs)]
+        ours = [np.asarray(g) for g in compiled_grad(*xs)]
         compared = []
         if "jax" in methods:
             _, ref_pull = jax.vjp(flat_f, *xs)
             compared.append(("jax", None, [np.asarray(g) for g in ref_pull(ct)]))
         for ref_name, ref_fn in references:
-            compared.append((ref_name, ref_name,
-                             [np.asarray(g) for g in _gradients(ref_fn, flat_f, xs, ct)]))
+            ref_grad = _compiled(lambda *ls, ref_fn=ref_fn: _gradients(ref_fn, flat_f, ls, ct))
+            compared.append((ref_name, ref_name, [np.asarray(g) for g in ref_grad(*xs)]))
         for method, ref_name, refs in compared:
             scale = _scale(refs)
             for res, x, o, r in zip(results, xs, ours, refs, strict=True):
@@ -531,7 +532,7 @@ def check_grads(f: Callable, args: Sequence[Any], argnums: int | Sequence[int] |
     tol = default_tolerances(_precision({x.dtype for x in xs}), "jax")
     tol = (tol[0] if rtol is None else rtol, tol[1] if atol is None else atol)
     if batched:
-        checks.append(batched_check(grad_of, xs, rtol=tol[0], atol=tol[1], seed=seed))
+        checks.append(batched_check(compiled_grad, xs, rtol=tol[0], atol=tol[1], seed=seed))
     if deterministic:
         checks.append(determinism_check(grad_of, xs))
     second = None
@@ -600,6 +601,19 @@ def _references(grad_fn, against, methods) -> tuple[tuple[str, ...], list]:
     return strings, refs
 
 
+def _compiled(fn: Callable) -> Callable:
+    """``jax.jit(fn)`` (one compilation instead of one per eager operation), or ``fn`` itself
+    for a function with Python control flow on values."""
+    jitted = jax.jit(fn)
+
+    def call(*args):
+        try:
+            return jitted(*args)
+        except jax.errors.JAXTypeError:
+            return fn(*args)
+    return call
+
+
 def _gradients(transform: Callable | None, flat_f: Callable, xs: Sequence[Any], ct: Any) -> list:
     """The gradient of ``L = <ct, flat_f(xs)>`` with respect to every leaf of ``xs``: funcbp's
     pullback of ``ct`` when ``transform`` is None, else ``transform(L, argnums=...)``."""
@@ -665,7 +679,8 @@ def _finite_differences(flat_f, make_flat64, xs, ct, results, *, grad_fn, eps, f
         flat_f, xs64, precision, cast_note = _float64_world(flat_f, make_flat64, xs)
         out = jax.eval_shape(flat_f, *xs64)
         ct64 = _cast_tree(ct, out)
-        ours = [np.asarray(g, np.float64) for g in _gradients(grad_fn, flat_f, xs64, ct64)]
+        ours = [np.asarray(g, np.float64) for g in _compiled(
+            lambda *ls: _gradients(grad_fn, flat_f, ls, ct64))(*xs64)]
 
         def loss(*ls):
             return _inner(ct64, flat_f(*ls))
