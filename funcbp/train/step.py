@@ -17,7 +17,15 @@ import jax.numpy as jnp
 
 import funcbp
 from funcbp import losses
-from funcbp.optim import GradientTransformation, apply_updates, global_norm
+from funcbp.optim import GradientTransformation, apply_updates, global_norm, tree_get
+from funcbp.train.checkpoint import key_path_str
+from funcbp.train.precision import (
+    LossScaledState,
+    cast_floating,
+    compute_dtype,
+    init_loss_scale,
+    update_loss_scale,
+)
 
 __all__ = ["make_eval_step", "make_train_step"]
 
@@ -37,15 +45,50 @@ def _check_stateless(apply_fn: Any) -> None:
 
 def _bad_labels(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Integer class labels outside ``[0, classes)`` (0 for other kinds of targets)."""
-    if jnp.shape(labels) != jnp.shape(logits)[:-1]:
+    if jnp.shape(labels) != jnp.shape(logits)[:-1] or not _is_integer(labels):
         return jnp.zeros((), jnp.int32)
     return losses.count_bad_labels(labels, jnp.shape(logits)[-1])
 
 
 def _check_concrete_labels(logits: jax.Array, labels: jax.Array) -> None:
     # Eagerly (jit=False) the labels are concrete: refuse bad ones at once, like the losses.
-    if jnp.shape(labels) == jnp.shape(logits)[:-1]:
+    if jnp.shape(labels) == jnp.shape(logits)[:-1] and _is_integer(labels):
         losses.check_labels(labels, jnp.shape(logits)[-1], "batch labels")
+
+
+def _is_integer(labels: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(labels), jnp.integer)
+
+
+def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array | None:
+    """Classification accuracy when ``labels`` are integer class indices; None for other
+    targets (regression, soft labels), whose accuracy would mean nothing."""
+    if jnp.ndim(logits) < 1:
+        return None
+    if jnp.shape(labels) == jnp.shape(logits)[:-1] and _is_integer(labels):
+        return losses.accuracy(logits, labels)
+    return None
+
+
+def _layer_norms(grads: Any) -> dict[str, jax.Array]:
+    """``{"dense_0/w": |g|}``: the L2 norm of each gradient leaf, by key path."""
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    return {key_path_str(path): jnp.sqrt(jnp.sum(jnp.square(g.astype(jnp.float32))))
+            for path, g in flat}
+
+
+def _read_state(state: Any, name: str) -> jax.Array | None:
+    """``name`` from the optimiser state: a monitor's record or an injected hyperparameter
+    (``inject_hyperparams`` of a schedule keeps the schedule's state under the same name)."""
+    try:
+        return tree_get(state, name)
+    except KeyError:
+        pass
+    try:
+        hyper = tree_get(state, "hyperparams")
+    except KeyError:  # two injected optimisers: no single value to report
+        return None
+    return hyper.get(name) if isinstance(hyper, dict) else None
 
 
 def make_train_step(
@@ -60,6 +103,8 @@ def make_train_step(
     penalty_mask: Any = losses.default_weight_mask,
     skip_nonfinite: bool = True,
     jit: bool = True,
+    precision: str = "f32",
+    layer_norms: bool = False,
 ) -> Callable[[Any, Any, Batch, jax.Array], tuple[Any, Any, dict]]:
     """Build ``step(params, opt_state, batch, key) -> (params, opt_state, metrics)``.
 
@@ -85,6 +130,14 @@ def make_train_step(
         or ``metrics["bad_labels"]`` non-zero); the trainer stops.
       jit: compile with ``jax.jit``, donating ``params`` and ``opt_state``; the arrays passed
         in are then invalid after the call; use the returned ones.
+      precision: ``"f32"``; ``"bf16"`` or ``"f16"`` run the model in that dtype on float32
+        master weights (:mod:`funcbp.train.precision`): floating parameters and inputs are
+        cast down inside the step, outputs cast back to float32 before the loss, and the
+        gradient reaches the float32 parameters through the casts. ``"f16"`` adds dynamic loss
+        scaling: its ``opt_state`` is a :class:`~funcbp.train.precision.LossScaledState`
+        (make it with ``step.init_opt_state(params)``); a step whose scaled gradient overflows
+        is skipped and the scale halved, without stopping training.
+      layer_norms: also return ``metrics["layer_grad_norms"]``, ``{"dense_0/w": |g|}``.
 
     Returns:
       The step. ``metrics`` holds scalar arrays ``loss`` (data loss of the batch, without
@@ -93,7 +146,12 @@ def make_train_step(
       where that leaf's gradient holds a NaN or inf), and ``bad_labels`` (int32: integer
       labels outside ``[0, classes)``, which :func:`funcbp.losses.accuracy` and the integer
       cross-entropy refuse; under ``jit`` they cannot raise, so the trainer checks this count).
-      The step also has ``step.locate_nonfinite(params, batch, key)``: the
+      ``accuracy`` is there only for integer class labels; ``lr`` when the
+      optimiser state holds a ``learning_rate`` (``inject_hyperparams``); ``grad_norm`` is
+      read from a ``monitor_global_norm`` in the optimiser when there is one; with
+      ``precision="f16"``, ``loss_scale`` and ``overflow`` (the step was skipped).
+      The step also has ``step.init_opt_state(params)`` (the optimiser's ``init``, plus the
+      loss scale for ``"f16"``) and ``step.locate_nonfinite(params, batch, key)``: the
       :func:`funcbp.find_nonfinite` report of its objective on that batch (eager; for after a
       step whose ``finite`` is False).
 
@@ -111,16 +169,27 @@ def make_train_step(
       ['accuracy', 'bad_labels', 'finite', 'grad_norm', 'loss', 'nonfinite', 'objective']
     """
     _check_stateless(apply_fn)
+    dtype = compute_dtype(precision)
+    mixed, scaled = precision != "f32", precision == "f16"
 
-    def objective(params, x, y, key):
-        logits = apply_fn(params, x, key=key, train=True)
+    def forward(params, x, key, train):
+        if not mixed:
+            return apply_fn(params, x, key=key, train=train)
+        out = apply_fn(cast_floating(params, dtype), cast_floating(x, dtype), key=key,
+                       train=train)
+        return cast_floating(out, jnp.float32)
+
+    def objective(params, x, y, key, scale=None):
+        logits = forward(params, x, key, True)
         loss = loss_fn(logits, y)
         total = loss
         if l1:
             total = total + l1 * losses.l1_penalty(params, penalty_mask)
         if l2:
             total = total + l2 * losses.l2_penalty(params, penalty_mask)
-        return total, (loss, logits)
+        if scale is not None:  # float16: differentiate S * J so small gradients survive
+            return total * scale, (total, loss, logits)
+        return total, (total, loss, logits)
 
     def inputs(batch, key):
         x, y = batch
@@ -131,27 +200,47 @@ def make_train_step(
 
     def step(params, opt_state, batch, key):
         x, y, key_model = inputs(batch, key)
-        (total, (loss, logits)), grads = grad_fn(objective, has_aux=True)(params, x, y, key_model)
+        if scaled:
+            inner, loss_scale = opt_state
+            (_, (total, loss, logits)), grads = grad_fn(objective, has_aux=True)(
+                params, x, y, key_model, loss_scale.scale)
+            grads = jax.tree.map(lambda g: g / loss_scale.scale.astype(g.dtype), grads)
+        else:
+            inner = opt_state
+            (_, (total, loss, logits)), grads = grad_fn(objective, has_aux=True)(
+                params, x, y, key_model)
         nonfinite = jax.tree.map(lambda g: ~jnp.all(jnp.isfinite(g)), grads)
-        finite = jnp.isfinite(total) & ~jnp.any(jnp.stack(jax.tree.leaves(nonfinite)))
+        grads_finite = ~jnp.any(jnp.stack(jax.tree.leaves(nonfinite)))
+        finite = jnp.isfinite(total) & grads_finite
         _check_concrete_labels(logits, y)
         bad_labels = _bad_labels(logits, y)
-        updates, new_state = optimizer.update(grads, opt_state, params)
+        updates, new_inner = optimizer.update(grads, inner, params)
         new_params = apply_updates(params, updates)
-        if skip_nonfinite:
-            ok = finite & (bad_labels == 0)
+        metrics = {"loss": loss, "objective": total}
+        accuracy = _accuracy(logits, y)
+        if accuracy is not None:
+            metrics["accuracy"] = accuracy
+        monitored = _read_state(new_inner, "grad_norm")
+        metrics["grad_norm"] = global_norm(grads) if monitored is None else monitored
+        lr = _read_state(new_inner, "learning_rate")
+        if lr is not None and jnp.ndim(lr) == 0:
+            metrics["lr"] = lr
+        ok = finite & (bad_labels == 0)
+        if scaled:
+            # An overflow of the scaled gradient is routine: skip the step, halve the scale,
+            # go on. Only a non-finite loss, or an overflow at the smallest scale, stops.
+            overflow = ~grads_finite & jnp.isfinite(total)
+            finite = jnp.isfinite(total) & (grads_finite | (loss_scale.scale > 1.0))
+            new_scale = update_loss_scale(loss_scale, grads_finite)
+            metrics.update(loss_scale=loss_scale.scale, overflow=overflow)
+        if skip_nonfinite or scaled:
             keep = lambda new, old: jnp.where(ok, new, old)
             new_params = jax.tree.map(keep, new_params, params)
-            new_state = jax.tree.map(keep, new_state, opt_state)
-        metrics = {
-            "loss": loss,
-            "objective": total,
-            "accuracy": losses.accuracy(logits, y),
-            "grad_norm": global_norm(grads),
-            "finite": finite,
-            "nonfinite": nonfinite,
-            "bad_labels": bad_labels,
-        }
+            new_inner = jax.tree.map(keep, new_inner, inner)
+        new_state = LossScaledState(new_inner, new_scale) if scaled else new_inner
+        metrics.update(finite=finite, nonfinite=nonfinite, bad_labels=bad_labels)
+        if layer_norms:
+            metrics["layer_grad_norms"] = _layer_norms(grads)
         return new_params, new_state, metrics
 
     def locate_nonfinite(params, batch, key):
@@ -161,20 +250,28 @@ def make_train_step(
 
         return find_nonfinite(objective, params, *inputs(batch, key), argnums=0, has_aux=True)
 
+    def init_opt_state(params):
+        """The state ``step`` takes: ``optimizer.init(params)`` (with the loss scale, f16)."""
+        state = optimizer.init(params)
+        return LossScaledState(state, init_loss_scale()) if scaled else state
+
     train_step = jax.jit(step, donate_argnums=(0, 1)) if jit else step
     train_step.locate_nonfinite = locate_nonfinite
+    train_step.init_opt_state = init_opt_state
     return train_step
 
 
 def make_eval_step(
-    apply_fn: ApplyFn, loss_fn: LossFn, *, jit: bool = True
+    apply_fn: ApplyFn, loss_fn: LossFn, *, jit: bool = True, precision: str = "f32"
 ) -> Callable[[Any, Batch], dict]:
     """Build ``eval_step(params, batch) -> {"loss", "accuracy", "count", "bad_labels"}``.
 
     ``loss`` and ``accuracy`` are means over the batch in inference mode
     (``apply_fn(..., train=False)``, no dropout, no augmentation); ``count`` is the batch
     size, for weighting batch means; ``bad_labels`` counts integer labels outside
-    ``[0, classes)`` (:func:`funcbp.train.evaluate` refuses a batch with any).
+    ``[0, classes)`` (:func:`funcbp.train.evaluate` refuses a batch with any). ``accuracy`` is
+    left out for targets that are not class labels; ``precision`` as in
+    :func:`make_train_step`.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -187,16 +284,21 @@ def make_eval_step(
       5
     """
     _check_stateless(apply_fn)
+    dtype = compute_dtype(precision)
 
     def eval_step(params, batch):
         x, y = batch
-        logits = apply_fn(params, x, train=False)
+        if precision == "f32":
+            logits = apply_fn(params, x, train=False)
+        else:
+            logits = cast_floating(apply_fn(cast_floating(params, dtype), cast_floating(x, dtype),
+                                            train=False), jnp.float32)
         _check_concrete_labels(logits, y)
-        return {
-            "loss": loss_fn(logits, y),
-            "accuracy": losses.accuracy(logits, y),
-            "count": jnp.asarray(x.shape[0], jnp.int32),
-            "bad_labels": _bad_labels(logits, y),
-        }
+        out = {"loss": loss_fn(logits, y)}
+        accuracy = _accuracy(logits, y)
+        if accuracy is not None:
+            out["accuracy"] = accuracy
+        out.update(count=jnp.asarray(jnp.shape(x)[0], jnp.int32), bad_labels=_bad_labels(logits, y))
+        return out
 
     return jax.jit(eval_step) if jit else eval_step
