@@ -1,7 +1,8 @@
 """The ``funcbp`` command: ``funcbp train``, ``funcbp check``, ``funcbp bench``.
 
 ``funcbp train`` with no arguments trains the default CNN on the embedded digits and prints
-the test accuracy as its last line. A new subcommand adds one entry to :data:`COMMANDS`:
+the test accuracy as its last line; ``funcbp train --model pkg.module:factory --data data.npz
+--config run.toml key=value ...`` trains yours. A new subcommand adds one entry to :data:`COMMANDS`:
 ``name -> (add_arguments(parser), run(args) -> exit code, one-line help)``.
 """
 
@@ -18,12 +19,51 @@ from pathlib import Path
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 
+def _model_arg(text: str) -> str:
+    from funcbp.train import model_names
+
+    if text in model_names() or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}: choose one of "
+                                     f"{', '.join(model_names())}, or a factory "
+                                     "pkg.module:function")
+
+
+def _data_arg(text: str) -> str:
+    from funcbp.train import DATASETS
+
+    if text in DATASETS or text.endswith(".npz") or ":" in text:
+        return text
+    raise argparse.ArgumentTypeError(f"unknown data {text!r}: choose one of "
+                                     f"{', '.join(DATASETS)}, a file ending in .npz, or a "
+                                     "loader pkg.module:function")
+
+
+_TRAIN_EPILOG = """
+KEY=VALUE arguments set any TrainConfig field after --config and the options, dotted for
+the optimiser's options: epochs=5 lr=1e-3 optimizer=adamw optimizer.weight_decay=0.05
+precision=bf16 log_every=10 writers=jsonl,csv,tensorboard save_every_steps=100 keep_last=3.
+--data FILE.npz reads x_train, y_train, x_test, y_test (x_val, y_val when present);
+--model pkg.module:factory imports the module (the working directory is searched) and calls
+factory(), which returns a funcbp.nn Layer or an (init, apply) pair. See docs/training.md.
+"""
+
+
 def _add_train_arguments(p: argparse.ArgumentParser) -> None:
-    from funcbp.train import DATASETS, RESUME_SAFE_FIELDS, SCHEDULES, TrainConfig, model_names
+    from funcbp.optim import OPTIMIZERS
+    from funcbp.train import PRECISIONS, RESUME_SAFE_FIELDS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
+    p.epilog = _TRAIN_EPILOG
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.usage = "funcbp train [options] [KEY=VALUE ...]"
+    p.add_argument("--config", metavar="FILE",
+                   help="a TOML (or JSON) config file of TrainConfig fields, [optimizer] table "
+                        "for the optimiser's name and options; options and KEY=VALUE win")
     g = p.add_argument_group("data")
-    g.add_argument("--data", choices=DATASETS, help=f"data set (default {d.data})")
+    g.add_argument("--data", type=_data_arg, metavar="DATA",
+                   help=f"digits, mnist, fashion_mnist, FILE.npz or pkg.module:loader "
+                        f"(default {d.data})")
     g.add_argument("--data-dir", help="directory with the MNIST/Fashion-MNIST IDX files "
                    "(default: search $FUNCBP_DATA, ~/.cache/funcbp, ./data, /usr/share/datasets)")
     g.add_argument("--val-fraction", type=float,
@@ -35,11 +75,17 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"random shifts of training images (default {d.augment})")
     g.add_argument("--max-shift", type=int, help=f"largest shift in pixels (default {d.max_shift})")
     g = p.add_argument_group("model and optimisation")
-    g.add_argument("--model", choices=model_names(),
-                   help="model (default digits_cnn for digits, cnn for the 28x28 sets)")
+    g.add_argument("--model", type=_model_arg, metavar="MODEL",
+                   help="a built-in model (digits_cnn, cnn, mlp, wide_mlp) or a factory "
+                        "pkg.module:function (default digits_cnn for digits, cnn for the 28x28 "
+                        "sets, mlp otherwise)")
     g.add_argument("--epochs", type=int, help=f"epochs (default {d.epochs})")
     g.add_argument("--batch-size", type=int, help=f"batch size (default {d.batch_size})")
-    g.add_argument("--optimizer", choices=("sgd", "adam"), help=f"(default {d.optimizer})")
+    g.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
+                   help=f"(default {d.optimizer}); its options as optimizer.NAME=VALUE")
+    g.add_argument("--precision", choices=tuple(PRECISIONS),
+                   help="compute dtype on float32 master weights (default f32; f16 with "
+                        "dynamic loss scaling)")
     g.add_argument("--lr", type=float, help=f"peak learning rate (default {d.lr})")
     g.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
@@ -66,6 +112,18 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
                         "change neither data, model nor optimisation: "
                         + ", ".join(RESUME_SAFE_FIELDS))
     g.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    g.add_argument("--log-every", type=int, metavar="STEPS",
+                   help="write step scalars (loss, lr, grad norms) every STEPS steps")
+    g.add_argument("--writers", help=f"metric writers besides metrics.jsonl (default "
+                                     f"{d.writers}; also tensorboard)")
+    g.add_argument("--save-every-steps", type=int, metavar="STEPS",
+                   help="also checkpoint every STEPS steps (resume continues mid-epoch)")
+    g.add_argument("--keep-last", type=int, metavar="K",
+                   help="keep the last K checkpoints as checkpoints/step_<step>.ckpt")
+    g.add_argument("--async-save", action=argparse.BooleanOptionalAction,
+                   help="write checkpoints on a background thread")
+    g.add_argument("--export-safetensors", action=argparse.BooleanOptionalAction,
+                   help="write the final parameters as params.safetensors")
     g.add_argument("--grad-flow", action=argparse.BooleanOptionalAction,
                    help="log per-layer gradient norms each epoch and plot them")
     g.add_argument("--activation-stats", action=argparse.BooleanOptionalAction,
@@ -92,6 +150,7 @@ def _add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from funcbp.train import TrainConfig, fit, parallel, resume
+    from funcbp.train.configfile import config_values
 
     try:
         if args.distributed and not args.coordinator:
@@ -117,12 +176,13 @@ def _run_train(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
+            values = config_values(args.config, given, getattr(args, "overrides", ()))
             if args.resume:
                 resume(args.resume, quiet=args.quiet,
-                       allow_config_change=args.allow_config_change, **given)
+                       allow_config_change=args.allow_config_change, **values)
             else:
-                fit(TrainConfig(**given), run_dir=args.run_dir, quiet=args.quiet)
-        except (ValueError, OSError, FloatingPointError) as err:
+                fit(TrainConfig(**values), run_dir=args.run_dir, quiet=args.quiet)
+        except (ValueError, OSError, FloatingPointError, TypeError, ImportError) as err:
             # Every expected failure (bad option, bad or damaged run directory, a run already
             # there, NaN, bad labels) names the file or field and what to do: no traceback.
             print(f"funcbp train: {type(err).__name__}: {err}", file=sys.stderr)
@@ -217,9 +277,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after "bench" is for the suite's own parser
         return _run_bench(argparse.Namespace(bench_args=argv[1:]))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # funcbp train's KEY=VALUE overrides may stand anywhere among its options.
+    overrides = [a for a in extra if args.command == "train" and _is_override(a)]
+    unknown = [a for a in extra if a not in overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = overrides
     _, run, _ = COMMANDS[args.command]
     return run(args)
+
+
+def _is_override(text: str) -> bool:
+    key, sep, _ = text.partition("=")
+    return bool(sep) and not text.startswith("-") and key.replace(".", "_").isidentifier()
 
 
 if __name__ == "__main__":

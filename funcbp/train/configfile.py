@@ -43,7 +43,8 @@ else:  # pragma: no cover - python 3.10
     except ImportError:
         tomllib = None
 
-__all__ = ["ConfigFileError", "dump_toml", "parse_value", "read_config_file", "resolve_config"]
+__all__ = ["ConfigFileError", "config_values", "dump_toml", "parse_value", "read_config_file",
+           "resolve_config"]
 
 
 class ConfigFileError(ValueError):
@@ -161,6 +162,17 @@ def resolve_config(file: str | os.PathLike | None = None, options: Mapping | Non
     """
     from funcbp.train.config import TrainConfig
 
+    return TrainConfig(**config_values(file, options, overrides))
+
+
+def config_values(file: str | os.PathLike | None = None, options: Mapping | None = None,
+                  overrides: Iterable[str] = ()) -> dict:
+    """The fields a config file, options and overrides set (not yet a TrainConfig), e.g.
+    the changes ``funcbp train --resume`` checks against the checkpoint's config.
+
+    Raises:
+      ConfigFileError: as :func:`resolve_config`.
+    """
     flat = read_config_file(file) if file is not None else {}
     for key, value in (options or {}).items():
         _set(flat, key, value, "option")
@@ -175,7 +187,7 @@ def resolve_config(file: str | os.PathLike | None = None, options: Mapping | Non
         kind = str(fields[name].type)
         if kind.startswith("float") and isinstance(value, int) and not isinstance(value, bool):
             flat[name] = float(value)
-    return TrainConfig(**flat)
+    return flat
 
 
 def _toml_value(value: Any) -> str:

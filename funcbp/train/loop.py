@@ -234,7 +234,7 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
         history = rundir.resumed_history(metrics_path, ckpt, warn) if writer else []
         write(rundir.write_jsonl, metrics_path, history)
         inside = f", batch {start_batch} of epoch {start_epoch + 1}" if start_batch else ""
-        say(f"resuming {run_dir} after epoch {start_epoch} (step {step}{inside})")
+        log(f"resuming {run_dir} after epoch {start_epoch} (step {step}{inside})")
     else:
         write(rundir.write_json, run_dir / "config.json", config.to_json())
         write(rundir._write_text_atomic, run_dir / "config.toml", dump_toml(config.to_json()))
@@ -415,9 +415,9 @@ def _check_same_data(saved: dict | None, current: dict | None, ckpt: Path) -> No
         return
     differ = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
     raise ValueError(f"the data differ from the data the run in {ckpt.parent.parent} was "
-                     f"trained on ({', '.join(differ)} split: {saved.get(differ[0])} then, "
-                     f"{current.get(differ[0])} now); resuming would not continue that run. "
-                     "Pass the same data, or start a new run")
+                     f"trained on, in the {' and '.join(differ)} split(s) ({differ[0]}: "
+                     f"{saved.get(differ[0])} then, {current.get(differ[0])} now); resuming "
+                     "would not continue that run. Pass the same data, or start a new run")
 
 
 def _read_back(pending, sums, writers, config, epoch_step) -> int | None:

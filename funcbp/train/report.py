@@ -96,6 +96,9 @@ def plot_history(history: Sequence[dict], run_dir: str | os.PathLike) -> list[Pa
     written = []
     epochs = [r["epoch"] for r in history]
     for metric, title in (("loss", "loss"), ("accuracy", "accuracy")):
+        if not any(r.get(f"{split}_{metric}") is not None for r in history
+                   for split in ("train", "val")):
+            continue  # no accuracy for a regression
         fig = Figure(figsize=(6, 4), dpi=100)
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
