@@ -246,13 +246,16 @@ def test_reduction_sum_and_float32():
             which=("batch_grad", "diag_ggn", "diag_hessian")))(params, x, y)
         for q in ("batch_grad", "diag_ggn", "diag_hessian"):
             _close(got[q], ref[q], 1e-7, f"sum/{q}")
-    p32, x32 = jax.tree.map(lambda v: v.astype(jnp.float32), (params, x))
+    p32, x32 = jax.tree.map(lambda v: np.asarray(v, np.float32), (params, x))
+    y32 = np.asarray(y, np.int32)
+    ref32 = jax.tree.map(lambda v: np.asarray(v, np.float32), ref)
     got = jax.jit(lambda p, x, y: funcbp.quantities(
-        apply, p, x, y, loss=loss, reduction="sum", which=("batch_l2", "diag_ggn")))(p32, x32, y)
+        apply, p, x, y, loss=loss, reduction="sum", which=("batch_l2", "diag_ggn")))(
+            p32, x32, y32)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(got))
-    _close(got["diag_ggn"], ref["diag_ggn"], 1e-5, "float32/diag_ggn")
+    _close(got["diag_ggn"], ref32["diag_ggn"], 1e-5, "float32/diag_ggn")
     _close(got["batch_l2"], jax.tree.map(lambda g: (g * g).reshape(5, -1).sum(1),
-                                         ref["batch_grad"]), 1e-5, "float32/batch_l2")
+                                         ref32["batch_grad"]), 1e-5, "float32/batch_l2")
 
 
 def test_kfac_factors_from_their_definitions():
