@@ -91,14 +91,14 @@ def _tie_share(x, y, out):
     return jnp.where(x_is, jnp.where(y_is, 0.5, 1.0), 0.0).astype(out.dtype)
 
 
-@vjp_rule(lax.max_p)
+@vjp_rule(lax.max_p, handles_complex=True)
 def max_vjp(ct, x, y, *, out, **params):
     """d max(x, y) goes to the larger operand; ties split half and half."""
     return (lambda: unbroadcast(ct * _tie_share(x, y, out), x),
             lambda: unbroadcast(ct * _tie_share(y, x, out), y))
 
 
-@vjp_rule(lax.min_p)
+@vjp_rule(lax.min_p, handles_complex=True)
 def min_vjp(ct, x, y, *, out, **params):
     """d min(x, y) goes to the smaller operand; ties split half and half."""
     return (lambda: unbroadcast(ct * _tie_share(x, y, out), x),

@@ -222,7 +222,7 @@ def _scatter_extremum_vjp(ct, x, indices, updates, out, dnums, mode, indices_are
     return (lambda: lax.mul(share, kept), None, d_updates)
 
 
-@vjp_rule(lax.scatter_max_p)
+@vjp_rule(lax.scatter_max_p, handles_complex=True)
 def scatter_max_vjp(ct, x, indices, updates, *, out, dimension_numbers, indices_are_sorted,
                     mode, **params):
     """d x.at[idx].max(v): each position's cotangent split equally among the operand value and
@@ -231,7 +231,7 @@ def scatter_max_vjp(ct, x, indices, updates, *, out, dimension_numbers, indices_
                                  indices_are_sorted)
 
 
-@vjp_rule(lax.scatter_min_p)
+@vjp_rule(lax.scatter_min_p, handles_complex=True)
 def scatter_min_vjp(ct, x, indices, updates, *, out, dimension_numbers, indices_are_sorted,
                     mode, **params):
     """d x.at[idx].min(v): each position's cotangent split equally among the operand value and

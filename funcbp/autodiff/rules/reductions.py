@@ -32,13 +32,13 @@ def _chooser_vjp(ct, x, out, axes):
     return (winners * lax.broadcast_in_dim(ct / count, shape, kept),)
 
 
-@vjp_rule(lax.reduce_max_p)
+@vjp_rule(lax.reduce_max_p, handles_complex=True)
 def reduce_max_vjp(ct, x, *, out, axes, **params):
     """d max(x) goes to the maximal elements, split equally among ties."""
     return _chooser_vjp(ct, x, out, axes)
 
 
-@vjp_rule(lax.reduce_min_p)
+@vjp_rule(lax.reduce_min_p, handles_complex=True)
 def reduce_min_vjp(ct, x, *, out, axes, **params):
     """d min(x) goes to the minimal elements, split equally among ties."""
     return _chooser_vjp(ct, x, out, axes)
@@ -110,8 +110,8 @@ def _register_scan(primitive, combine, handles_complex=False):
 
 
 _register_scan(lax.cumprod_p, lax.mul, handles_complex=True)
-_register_scan(lax.cummax_p, lax.max)
-_register_scan(lax.cummin_p, lax.min)
+_register_scan(lax.cummax_p, lax.max, handles_complex=True)
+_register_scan(lax.cummin_p, lax.min, handles_complex=True)
 _register_scan(lax.cumlogsumexp_p, _logaddexp)
 
 
@@ -136,7 +136,7 @@ def sort_forward(*operands, needs, dimension, is_stable, num_keys):
     return outs[:-1], outs[-1]
 
 
-@vjp_rule(lax.sort_p, forward=sort_forward)
+@vjp_rule(lax.sort_p, forward=sort_forward, handles_complex=True)
 def sort_vjp(cts, *operands, res, needs, dimension, **params):
     """Each operand's cotangent is its output's, sent back through the sorting permutation."""
     shape = np.shape(operands[0])

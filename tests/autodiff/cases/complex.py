@@ -133,4 +133,11 @@ CASES = [
     Case("complex_calls", lambda z: jax.jit(lambda a: jnp.exp(a) * a)(z)
          + jax.checkpoint(lambda a: jnp.sin(a) * a)(z) + _csquare(z) + _ccube(z),
          args(cnormal(*S))),
+    # selections order complex values lexicographically (real part, then imaginary); the
+    # cotangent goes to the selected value, ties shared, as for reals
+    Case("complex_selections", lambda z, w: lax.max(z, w) * 2 + lax.min(z, w)
+         + jnp.max(z, axis=1, keepdims=True) + jnp.min(w, axis=0) + lax.cummin(w, axis=1)
+         + lax.cummax(w, axis=0) + jnp.sort(z, axis=1) + z.at[jnp.array([0, 0, 2])].max(w)
+         + w.at[jnp.array([1, 1, 2])].min(z),
+         args(cnormal(*S), cnormal(*S)), fd=False),
 ]
