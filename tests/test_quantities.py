@@ -132,12 +132,36 @@ def jitted():
         jax.random.randint(k[3], (B,), 0, C), "softmax_cross_entropy"
 
 
+def remat_layernorm():
+    """jax.checkpoint around a gelu layer, a custom_vjp function, LayerNorm (a mean over each
+    example's features, not over the batch), a per-feature gain."""
+    k = _keys(5, 6)
+
+    @jax.custom_vjp
+    def double(x):
+        return 2 * x
+
+    double.defvjp(lambda x: (2 * x, None), lambda _, ct: (2 * ct,))
+    params = {"w1": jax.random.normal(k[0], (3, 5)), "w2": jax.random.normal(k[1], (5, 2)),
+              "g": 1.2 * jnp.ones(5)}
+
+    def apply(p, x):
+        h = jax.checkpoint(lambda x, w: jax.nn.gelu(x @ w))(x, p["w1"])
+        h = double(h) * p["g"]
+        h = (h - h.mean(-1, keepdims=True)) / jnp.sqrt(h.var(-1, keepdims=True) + 1e-5)
+        return h @ p["w2"]
+
+    return apply, params, jax.random.normal(k[2], (4, 3)), \
+        jax.random.randint(k[3], (4,), 0, 2), "softmax_cross_entropy"
+
+
 MODELS = {"mlp": mlp, "cnn": cnn, "resnet": resnet, "embedding": embedding, "rnn": rnn,
-          "jit": jitted}
+          "jit": jitted, "remat_layernorm": remat_layernorm}
 #: which quantities each model is checked for (diag_hessian is refused for the recurrence)
 SECOND = {"mlp": ("diag_ggn", "diag_hessian"), "cnn": ("diag_ggn", "diag_hessian"),
           "resnet": ("diag_ggn", "diag_hessian"), "embedding": ("diag_ggn", "diag_hessian"),
-          "rnn": ("diag_ggn",), "jit": ("diag_ggn", "diag_hessian")}
+          "rnn": ("diag_ggn",), "jit": ("diag_ggn", "diag_hessian"),
+          "remat_layernorm": ("diag_ggn",)}
 
 
 # --- references -------------------------------------------------------------------------------
@@ -381,6 +405,24 @@ def test_diag_hessian_refuses_a_recurrence():
     apply, params, x, y, loss = rnn()
     with pytest.raises(HessianUnsupportedError, match="scan"):
         funcbp.quantities(apply, params, x, y, loss=loss, which="diag_hessian")
+
+
+def test_a_custom_vjp_taking_a_parameter_is_refused_per_example():
+    @jax.custom_vjp
+    def scale(x, g):
+        return x * g
+
+    scale.defvjp(lambda x, g: (x * g, (x, g)), lambda r, ct: (ct * r[1], jnp.sum(ct * r[0], 0)))
+    params = {"g": jnp.ones(3)}
+    x, y = jnp.ones((2, 3)), jnp.array([0, 1])
+    with pytest.raises(NotImplementedError, match="custom_vjp.*takes a parameter"):
+        funcbp.quantities(lambda p, x: scale(x, p["g"]), params, x, y,
+                          loss="softmax_cross_entropy", which="batch_l2")
+    got = funcbp.quantities(lambda p, x: scale(x, p["g"]), params, x, y,
+                            loss="softmax_cross_entropy", which="grad")["grad"]["g"]
+    ref = jax.grad(lambda p: _total_loss("softmax_cross_entropy", scale(x, p["g"]), y,
+                                         "mean"))(params)["g"]
+    np.testing.assert_allclose(got, ref, rtol=1e-6)
 
 
 def test_bad_arguments_are_named():

@@ -76,7 +76,7 @@ class _KfacOnly:
         self.batch_size = spec.batch_size
 
 
-_RECURSE = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"}
+_RECURSE = {"pjit", "jit", "closed_call", "core_call", "remat", "remat2", "checkpoint"}
 
 
 @dataclass
@@ -198,6 +198,13 @@ class _Walk:
             got = [None if g is None else g.reshape(flat[1] + g.shape[1:]) for g in got]
             in_modes = [mode] * len(needs)
         elif spec.per_example and (unbatched_need or "examples" in modes):
+            if eqn.primitive.name.startswith("custom_vjp"):
+                raise NotImplementedError(
+                    f"funcbp.quantities: the jax.custom_vjp function at "
+                    f"{interpreter.location(eqn)} takes a parameter, and its bwd rule is "
+                    "written for the whole batch, so it cannot give per-example gradients. "
+                    "Pass the parameter's use outside the custom_vjp function (apply it to "
+                    "the function's output), or ask only for 'grad'")
             got = _per_example(_one_example(self.an, eqn), stacked, invals, outs, needs,
                                residuals, _carried_axes(self.an, eqn, ax_in), ax_out)
             in_modes = ["batched" if a is not None else "examples" for a in ax_in]

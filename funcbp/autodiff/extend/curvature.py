@@ -48,8 +48,9 @@ _LINEAR = {
 }
 # Bilinear: two differentiated operands meet; their cross term matters if they share a parameter.
 _BILINEAR = {"mul", "dot_general", "conv_general_dilated"}
-_CALLS = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint", "custom_jvp_call"}
-_RECURSE = {"pjit", "jit", "closed_call", "core_call", "remat", "checkpoint"}
+_CALLS = {"pjit", "jit", "closed_call", "core_call", "remat", "remat2", "checkpoint",
+          "custom_jvp_call"}
+_RECURSE = {"pjit", "jit", "closed_call", "core_call", "remat", "remat2", "checkpoint"}
 
 
 def _all_eqns(jaxpr: Any):
