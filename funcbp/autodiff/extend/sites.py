@@ -217,4 +217,64 @@ def conv_site(eqn, j, invals, ax_in, ax_out, pack, spec):
     return values, f"conv: {path}"
 
 
-SITE_RULES = {"dot_general": dense_site, "conv_general_dilated": conv_site}
+def embedding_site(eqn, j, invals, ax_in, ax_out, pack, spec):
+    """``table[ids]``: a gather of whole rows of an unbatched table by per-example ids.
+
+    Example ``i``'s gradient of row ``v`` is ``sum_{t: id_it = v} d_it``. With the mask
+    ``M_tt' = [id_it = id_it']`` and the group sums ``s_it = sum_t' M_tt' d_it'``:
+    ``|g_i|^2 = sum_{t,t'} M_tt' d_it . d_it'`` and ``sum_i g_i^2`` is the scatter of
+    ``s_it^2 / m_it`` (``m_it`` the size of ``t``'s group) into the rows: nothing of size
+    ``B x rows`` is formed.
+    """
+    dn = eqn.params["dimension_numbers"]
+    table, ids = jnp.asarray(invals[0]), jnp.asarray(invals[1])
+    a = ax_in[1]
+    if (j != 0 or pack is None or a is None or tuple(dn.collapsed_slice_dims) != (0,)
+            or tuple(dn.start_index_map) != (0,) or getattr(dn, "operand_batching_dims", ())
+            or table.ndim != 2 or tuple(eqn.params["slice_sizes"]) != (1, table.shape[1])
+            or ids.shape[-1] != 1 or a == ids.ndim - 1
+            or tuple(dn.offset_dims) != (ids.ndim - 1,)):
+        return None
+    V, E = table.shape
+    idx = jnp.moveaxis(ids[..., 0], a, 0)
+    B = idx.shape[0]
+    idx = idx.reshape(B, -1)                                          # (B, T)
+    T = idx.shape[1]
+    out_batch = [d for d in range(ids.ndim) if d != ids.ndim - 1]     # index dims -> out dims
+    perm = [a, *[d for d in out_batch if d != a], ids.ndim - 1]
+    deltas = _groups(pack, perm, B, T)                                # (K, B, T, E)
+    ids_safe = jnp.clip(idx, 0, V - 1)   # clip mode: out-of-range ids read the edge rows
+    if "FILL" in str(eqn.params.get("mode")):   # fill mode: out-of-range ids read nothing
+        keep = ((idx >= 0) & (idx < V)).astype(table.dtype)[None, :, :, None]
+        deltas = {name: d * keep for name, d in deltas.items()}
+    mask = (ids_safe[:, :, None] == ids_safe[:, None, :]).astype(table.dtype)   # (B, T, T)
+    m = jnp.sum(mask, axis=2)                                         # (B, T)
+
+    def rows(vals):  # (B, T, E) -> (V, E): scatter-add into the table's rows
+        return jnp.zeros((V, E), vals.dtype).at[ids_safe.reshape(-1)].add(vals.reshape(-1, E))
+
+    want = spec.want
+    out: dict = {}
+    grad = deltas.get("grad") if want & {"grad", "batch_l2", "sum_grad_squared",
+                                         "variance"} else None
+    if grad is not None:
+        d = grad[0]
+        out["grad"] = rows(d)
+        if "batch_l2" in want:
+            out["batch_l2"] = jnp.einsum("btu,bte,bue->b", mask, d, d)
+        if want & {"sum_grad_squared", "variance"}:
+            sums = jnp.einsum("btu,bue->bte", mask, d)
+            out["sum_grad_squared"] = rows(sums * sums / m[..., None])
+    diag: dict = {}
+    for name, d in deltas.items():
+        wanted = {"ggn": want & {"diag_ggn", "diag_hessian"}, "mc": want & {"diag_ggn_mc"},
+                  "grad": ()}.get(name, want & {"diag_hessian"})
+        if wanted:
+            sums = jnp.einsum("btu,kbue->kbte", mask, d)
+            diag[name] = rows(jnp.sum(sums * sums, axis=0) / m[..., None])
+    out["diag"] = diag
+    return out, "embedding: gram"
+
+
+SITE_RULES = {"dot_general": dense_site, "conv_general_dilated": conv_site,
+              "gather": embedding_site}
