@@ -4,8 +4,8 @@
 - :mod:`.carrier`: the :class:`~funcbp.autodiff.interpreter.Carrier` that moves columns of
   cotangents (gradient, loss-Hessian factors, residual factors) through the one backward walk,
   per example where a parameter meets the batch.
-- :mod:`.sites`: dense and convolution weights, whose sums of squares are read off the layer's
-  input and output columns without forming per-example gradients.
+- :mod:`.sites`: dense and convolution weights and embedding tables, whose sums of squares are
+  read off the layer's input and output columns without forming per-example gradients.
 - :mod:`.curvature`: the residual terms of the exact diagonal Hessian, and its refusals.
 
 Nothing here knows about losses or networks: the loss enters as the columns placed on the

@@ -1,4 +1,5 @@
-"""Dense and convolution weights: quantities read off the layer's inputs and output columns.
+"""Dense and convolution weights, embedding tables: quantities read off the layer's inputs
+and output columns.
 
 A weight ``w`` used once, in ``z = dot_general(a, w)`` or ``z = conv(a, w)``, has per-example
 gradient ``g_i = sum_t a_it (x) d_it``: ``a_it`` the layer's input at position ``t`` of example
@@ -15,7 +16,8 @@ brought to a canonical layout, ``A: (B, T, Din)`` and ``D: (K, B, T, Dout)``, an
 - KFAC (BackPACK's definitions): ``A = sum_{i,t} a_it a_it^T / B`` and
   ``G = sum_{k,i} (sum_t d_ikt)(sum_t d_ikt)^T`` over the Monte-Carlo columns.
 
-Results are returned in the weight's own layout.
+Results are returned in the weight's own layout. Embedding tables (``table[ids]``) have their
+own rule, :func:`embedding_site`.
 """
 
 from __future__ import annotations
