@@ -136,6 +136,14 @@ def _is_shape(value: Any) -> bool:
     return isinstance(value, tuple) and all(isinstance(d, int) for d in value)
 
 
+def _holds_arrays(tree: Any) -> bool:
+    """Whether ``tree`` is a pytree of arrays (parameters), not an init function; an equinox
+    module is both callable and a tree of arrays."""
+    leaves = jax.tree.leaves(tree)
+    return bool(leaves) and all(hasattr(leaf, "shape") and hasattr(leaf, "dtype")
+                                for leaf in leaves)
+
+
 def standard_apply(apply_fn: Callable) -> Callable:
     """``apply_fn`` with the signature ``apply(params, x, *, key=None, train=False)``.
 
@@ -206,7 +214,7 @@ def as_layer(model: Any, apply_fn: Callable | None = None) -> nn.Layer:
         x = jax.ShapeDtypeStruct(in_shape, jnp.float32)
         return tuple(jax.eval_shape(lambda p, x: apply(p, x), params, x).shape)
 
-    if not callable(model):  # the parameters themselves
+    if not callable(model) or _holds_arrays(model):  # the parameters (an equinox module too)
         params = model
         return nn.Layer(lambda key, in_shape: (out_shape(params, in_shape), params), apply,
                         "model")

@@ -317,6 +317,34 @@ def test_training_killed_while_saving_resumes_bit_for_bit(reference, killed_runs
     assert not (run / rundir.LOCK_NAME).exists()
 
 
+@pytest.fixture(scope="module")
+def killed_async_run(tmp_path_factory):
+    """``async_save``: epoch 2's save, on its background thread, SIGKILLed between the rotation
+    of latest.ckpt and the rename of the new file (training itself had gone on meanwhile)."""
+    root = tmp_path_factory.mktemp("killed-async")
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), "fit", str(root / "run"),
+         json.dumps({**TINY, "async_save": True}), "latest.ckpt", "replace", "2"],
+        env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    return root / "run"
+
+
+@pytest.mark.slow
+def test_a_background_save_killed_midway_leaves_the_previous_checkpoint(reference,
+                                                                       killed_async_run,
+                                                                       tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(killed_async_run, run)
+    ckpts = run / "checkpoints"
+    assert not (ckpts / "latest.ckpt").exists() and (ckpts / "latest.previous.ckpt").exists()
+    lines = []
+    resumed = resume(run, quiet=True, log=lines.append)
+    assert "resuming from latest.previous.ckpt" in "\n".join(lines)
+    _assert_same({"params": resumed.params, "opt_state": resumed.opt_state}, reference[0])
+    assert _strip(read_metrics(run)) == _strip(read_metrics(reference[1]))
+
+
 # ---------------------------------------------------------------- one run per directory
 
 def test_a_second_run_into_the_same_directory_refuses(tmp_path):
