@@ -279,7 +279,7 @@ def fit(
       funcbp.losses.LabelRangeError: labels outside ``[0, classes)`` of the model.
 
     Examples:
-      >>> import jax, jax.numpy as jnp, numpy as np
+      >>> import tempfile, jax, jax.numpy as jnp, numpy as np
       >>> from funcbp.train import fit
       >>> x = np.random.default_rng(0).normal(size=(256, 4)).astype(np.float32)
       >>> y = (x[:, 0] > 0).astype(np.int32)
@@ -287,8 +287,8 @@ def fit(
       >>> apply = lambda p, x: x @ p["w"] + p["b"]
       >>> result = fit(init, apply, "softmax_cross_entropy", (x, y), epochs=3, batch_size=32,
       ...              lr=0.1, quiet=True, log=lambda line: None,
-      ...              run_dir="/tmp/funcbp-doc-fit")  # doctest: +SKIP
-      >>> result.history[-1]["val_accuracy"] > 0.9  # doctest: +SKIP
+      ...              run_dir=tempfile.mkdtemp() + "/run")
+      >>> result.history[-1]["val_accuracy"] > 0.9
       True
     """
     builtin = apply_fn is None and data is None and loss_fn is None and (

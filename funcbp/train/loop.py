@@ -190,7 +190,7 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
     host = parallel.to_host if mesh is not None else (lambda tree: tree)
     train_step = make_train_step(model.apply, loss_fn, tx, GRAD_FNS[config.grad],
                                  augment_fn=task.augment_fn, l1=config.l1, l2=config.l2,
-                                 jit=mesh is None, precision=config.precision,
+                                 jit=False, precision=config.precision,
                                  layer_norms=config.log_every > 0)
     eval_step = make_eval_step(model.apply, loss_fn, precision=config.precision)
     root_key = jax.random.key(config.seed)
@@ -210,8 +210,16 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
         def step_fn(p, s, batch, key):
             return sharded_step(p, s, parallel.shard_batch(mesh, batch),
                                 parallel.replicate(mesh, jax.random.key_data(key)))
+
+        def advance(p, s, key, i, batch=None, xs=None, ys=None):
+            if batch is None:
+                batch = (xs[i], ys[i])
+            p, s, m = step_fn(p, s, batch, jax.random.fold_in(key, i))
+            return p, s, _pack(m), m
     else:
-        step_fn, place = train_step, (lambda tree: tree)
+        place = lambda tree: tree
+        step_fn = jax.jit(train_step, donate_argnums=(0, 1))  # replays a NaN's steps only
+        advance = _advance(train_step)
 
     state = {"best": None, "best_epoch": None, "bad_epochs": 0, "stopped_early": False}
     start_epoch, step, start_batch, partial, data_state = 0, 0, 0, None, {}
@@ -276,7 +284,7 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
             epoch_step = step - first
             if arrays:
                 xs, ys = _epoch_batches(perm_key, x_train_d, y_train_d, config.batch_size)
-                batch_iter = ((xs[i], ys[i]) for i in range(first, steps_per_epoch))
+                batch_iter = (None for _ in range(first, steps_per_epoch))  # indexed in the step
             else:
                 resumed_here = epoch == start_epoch and first
                 it = train.epoch(epoch, first, data_state.get("iterator") if resumed_here
@@ -284,7 +292,12 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
                 batch_iter = (_device_batch(item) for item in it)
             sums = dict(partial) if (epoch == start_epoch and partial) else _new_sums()
             window: list = []  # batches since the last check, to replay a NaN's origin
-            pending: list = []  # (batch index, metrics) not yet read back
+            pending: list = []  # (batch index, packed metrics, metrics) not yet read back
+            if arrays:
+                batch_of = lambda j, xs=xs, ys=ys: (xs[j], ys[j])
+            else:
+                # Read when a bad step is found: the window and snapshot of that moment.
+                batch_of = lambda j: window[j - snapshot[0]]  # noqa: B023
             bad_index, compile_time = None, None
             bar = _progress(steps_per_epoch, f"epoch {epoch + 1}/{config.epochs}", quiet,
                             first)
@@ -299,12 +312,16 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
                     # CPU): say so, rather than showing a bar stuck at 0.
                     bar.set_postfix_str("compiling the training step...", refresh=True)
                     t_compile = time.perf_counter()
-                params, opt_state, m = step_fn(params, opt_state, batch,
-                                               jax.random.fold_in(steps_key, i))
+                if arrays:  # the batch is cut from the epoch's arrays inside the compiled step
+                    params, opt_state, packed, m = advance(params, opt_state, steps_key,
+                                                           np.int32(i), xs=xs, ys=ys)
+                else:
+                    params, opt_state, packed, m = advance(params, opt_state, steps_key,
+                                                           np.int32(i), batch=batch)
                 if not compiled:
                     compiled, compile_time = True, time.perf_counter() - t_compile
                     bar.set_postfix_str(f"compiled in {compile_time:.1f} s", refresh=True)
-                pending.append((i, m))
+                pending.append((i, packed, m))
                 i += 1
                 last_batch = batch
                 save_now = manager.should_save_step(epoch_step + i) and i != steps_per_epoch
@@ -313,7 +330,8 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
                     bad_index = _read_back(pending, sums, writers, config, epoch_step)
                     if bad_index is not None:
                         break
-                    pending, window, last_sync = [], [], time.perf_counter()
+                    pending, last_sync = [], time.perf_counter()
+                    window.clear()
                     _show(bar, sums, i, config.batch_size, t_epoch, first)
                     if save_now:
                         step = epoch_step + i
@@ -327,9 +345,9 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
             bar.close()
             if bad_index is not None:
                 manager.wait()
-                _stop(bad_index, pending, snapshot, window, manager, epoch, epoch_step, config,
-                      task, step_fn, train_step, host, params, steps_key, history, run_dir,
-                      write, metrics_path)
+                _stop(bad_index, pending, snapshot, batch_of, manager, epoch, epoch_step,
+                      config, task, step_fn, train_step, host, params, steps_key, history,
+                      run_dir, write, metrics_path)
             if sums["count"] == 0:
                 raise ValueError(f"epoch {epoch + 1}: the training data gave no batch")
             step = epoch_step + i
@@ -420,29 +438,64 @@ def _check_same_data(saved: dict | None, current: dict | None, ckpt: Path) -> No
                      "would not continue that run. Pass the same data, or start a new run")
 
 
+#: The step's scalars the loop reads back, packed into one float32 vector per step (one
+#: transfer instead of one per scalar); NaN marks a metric the step does not have.
+_PACKED = ("loss", "accuracy", "grad_norm", "lr", "finite", "bad_labels", "loss_scale",
+           "overflow")
+
+
+def _pack(m: dict) -> jax.Array:
+    nan = jnp.float32(jnp.nan)
+    return jnp.stack([jnp.asarray(m[k], jnp.float32) if k in m else nan for k in _PACKED])
+
+
+def _advance(train_step: Callable) -> Callable:
+    """The compiled step the loop calls: step ``i`` of the epoch, its key ``fold_in(key, i)``
+    and (for arrays) its batch cut from the epoch's stacked arrays inside the compiled
+    function, so that no eager op runs per step on the host; metrics packed for read-back."""
+    def indexed(p, s, xs, ys, key, i):
+        p, s, m = train_step(p, s, (xs[i], ys[i]), jax.random.fold_in(key, i))
+        return p, s, _pack(m), m
+
+    def given(p, s, batch, key, i):
+        p, s, m = train_step(p, s, batch, jax.random.fold_in(key, i))
+        return p, s, _pack(m), m
+
+    indexed = jax.jit(indexed, donate_argnums=(0, 1))
+    given = jax.jit(given, donate_argnums=(0, 1))
+
+    def advance(p, s, key, i, batch=None, xs=None, ys=None):
+        if batch is None:
+            return indexed(p, s, xs, ys, key, i)
+        return given(p, s, batch, key, i)
+
+    return advance
+
+
 def _read_back(pending, sums, writers, config, epoch_step) -> int | None:
     """Check and sum the pending steps' metrics in order; the index of the first bad one."""
-    got = jax.device_get([m for _, m in pending])
-    for (i, _), m in zip(pending, got, strict=True):
-        if not bool(m["finite"]) or int(m["bad_labels"]):
+    rows = jax.device_get([packed for _, packed, _ in pending])
+    for (i, _, m), row in zip(pending, rows, strict=True):
+        got = dict(zip(_PACKED, (float(v) for v in row), strict=True))
+        if got["finite"] != 1.0 or got["bad_labels"] != 0.0:
             return i
         sums["count"] += 1
         for k in _SUMMED:
             if k in m:
-                sums[k] += float(m[k])
+                sums[k] += got[k]
         if "accuracy" in m:
             sums["accuracy_seen"] = True
         if "lr" in m:
-            sums["lr"] = float(m["lr"])
+            sums["lr"] = got["lr"]
         if "loss_scale" in m:
-            sums["loss_scale"] = float(m["loss_scale"])
+            sums["loss_scale"] = got["loss_scale"]
         global_step = epoch_step + i + 1
         if config.log_every and global_step % config.log_every == 0:
-            values = {k: float(m[k]) for k in ("loss", "accuracy", "grad_norm", "lr",
-                                                "loss_scale") if k in m}
+            values = {k: got[k] for k in ("loss", "accuracy", "grad_norm", "lr", "loss_scale")
+                      if k in m}
             if "layer_grad_norms" in m:
                 values["grad_norm_layer"] = {k: float(v) for k, v in
-                                             m["layer_grad_norms"].items()}
+                                             jax.device_get(m["layer_grad_norms"]).items()}
             writers.scalars(global_step, values)
     return None
 
@@ -458,7 +511,7 @@ def _show(bar, sums, i, batch_size, t_epoch, first) -> None:
     bar.update(i - bar.n)
 
 
-def _stop(bad_index, pending, snapshot, window, manager, epoch, epoch_step, config, task,
+def _stop(bad_index, pending, snapshot, batch_of, manager, epoch, epoch_step, config, task,
           step_fn, train_step, host, params, steps_key, history, run_dir, write,
           metrics_path) -> None:
     """Raise the error of a bad step, after recording it."""
@@ -469,8 +522,8 @@ def _stop(bad_index, pending, snapshot, window, manager, epoch, epoch_step, conf
                  f"step {saved['step']})")
     else:
         where = "no checkpoint was written yet"
-    bad = jax.device_get(dict(pending)[bad_index])
-    batch = window[bad_index - snapshot[0]]
+    bad = jax.device_get({i: m for i, _, m in pending}[bad_index])
+    batch = batch_of(bad_index)
     size = int(np.shape(batch[1])[0]) if np.ndim(batch[1]) else config.batch_size
     at = epoch_step + bad_index + 1
     if int(bad["bad_labels"]):
@@ -479,7 +532,7 @@ def _stop(bad_index, pending, snapshot, window, manager, epoch, epoch_step, conf
     else:
         kind, message = "nonfinite", nonfinite_message(bad, at, epoch + 1, bad_index + 1,
                                                        host(params), where)
-        message += nonfinite_origin(snapshot, window, bad_index, step_fn, train_step, host,
+        message += nonfinite_origin(snapshot, batch_of, bad_index, step_fn, train_step, host,
                                     steps_key)
     write(rundir.append_jsonl, metrics_path, {"type": kind, "epoch": epoch + 1, "step": at,
                                               "message": message})

@@ -165,19 +165,18 @@ def nonfinite_message(metrics: dict, step: int, epoch: int, batch: int, params: 
     return "; ".join(parts)
 
 
-def nonfinite_origin(snapshot, window, bad_index, step_fn, train_step, host, key) -> str:
-    """Where the bad step's NaN started: replays the steps since ``snapshot`` (the same compiled
-    step, so the same numbers) to the bad step's parameters, then runs
+def nonfinite_origin(snapshot, batch_of, bad_index, step_fn, train_step, host, key) -> str:
+    """Where the bad step's NaN started: replays the steps since ``snapshot`` (the same step
+    function, so the same numbers) to the bad step's parameters, then runs
     :func:`funcbp.find_nonfinite` on its batch eagerly. Only runs after a bad step.
 
-    ``window`` holds the batches from the snapshot's step on, ``snapshot = (start, (params,
-    opt_state))``."""
+    ``snapshot = (start, (params, opt_state))``; ``batch_of(j)`` is step ``j``'s batch."""
     try:
         start, (params, opt_state) = snapshot
         for j in range(start, bad_index):
-            params, opt_state, _ = step_fn(params, opt_state, window[j - start],
+            params, opt_state, _ = step_fn(params, opt_state, batch_of(j),
                                            jax.random.fold_in(key, j))
-        x, y = window[bad_index - start]
+        x, y = batch_of(bad_index)
         report = train_step.locate_nonfinite(host(params), (np.asarray(x), np.asarray(y)),
                                              jax.random.fold_in(key, bad_index))
     except Exception as err:  # the diagnosis must never hide the error it explains
