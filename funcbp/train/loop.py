@@ -252,8 +252,9 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
                if writer else MultiWriter([]))
     params, opt_state = place((params, opt_state))
     log(f"run directory: {run_dir}")
+    precision = "" if config.precision == "f32" else f"{config.precision}, "
     say(f"{task.title}; model {config.model}, {config.optimizer} lr {config.lr} "
-        f"({config.schedule}), grad {config.grad}, {config.precision}, {jax.default_backend()}")
+        f"({config.schedule}), grad {config.grad}, {precision}{jax.default_backend()}")
 
     if arrays:
         x_train_d, y_train_d = jnp.asarray(train.x), jnp.asarray(train.y)
