@@ -315,3 +315,35 @@ def test_safetensors_missing_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
     with pytest.raises(ImportError, match="pip install safetensors"):
         save_safetensors(tmp_path / "p.safetensors", {"w": jnp.ones(2)})
+
+
+def test_f16_run_through_fit_scales_its_loss_and_resumes_inside_an_epoch(digits, tmp_path,
+                                                                         monkeypatch):
+    """float16 end to end: the loss scale lives in the checkpoint's optimiser state, the
+    epoch lines report it, validation runs over an iterable of batches, and a run stopped
+    inside an epoch resumes bit for bit."""
+    x, y = digits
+    val = [(x[i: i + 64], y[i: i + 64]) for i in range(0, 128, 64)]
+    kwargs = dict(epochs=2, batch_size=64, lr=0.1, precision="f16", save_every_steps=4,
+                  val_fraction=0.0, validation_data=val, writers="", **QUIET)
+    straight = fit(init, apply, None, (x, y), run_dir=tmp_path / "straight", **kwargs)
+    record = straight.history[-1]
+    assert record["loss_scale"] == 2.0 ** 15 and record["overflow_steps"] == 0
+    assert "val_accuracy" in record
+    assert isinstance(straight.opt_state, LossScaledState)
+    original = CheckpointManager.save
+
+    def save_then_stop(self, tree, *, step, **kw):
+        original(self, tree, step=step, **kw)
+        if step == 12:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(CheckpointManager, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            fit(init, apply, None, (x, y), run_dir=tmp_path / "broken", **kwargs)
+    resumed = fit(init, apply, None, (x, y), run_dir=tmp_path / "broken", resume=True,
+                  **kwargs)
+    for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state)),
+                    jax.tree.leaves((straight.params, straight.opt_state)), strict=True):
+        np.testing.assert_array_equal(a, b)
