@@ -265,7 +265,7 @@ def atan_vjp(ct, x, **params):
     return (ct / (1 + x * x),)
 
 
-@vjp_rule(lax.atan2_p)
+@vjp_rule(lax.atan2_p, handles_complex=True)
 def atan2_vjp(ct, x, y, **params):
     """atan2(x, y): d = (y dx - x dy) / (x^2 + y^2)."""
     return (lambda: unbroadcast(ct * y / (x * x + y * y), x),

@@ -112,7 +112,7 @@ def _register_scan(primitive, combine, handles_complex=False):
 _register_scan(lax.cumprod_p, lax.mul, handles_complex=True)
 _register_scan(lax.cummax_p, lax.max, handles_complex=True)
 _register_scan(lax.cummin_p, lax.min, handles_complex=True)
-_register_scan(lax.cumlogsumexp_p, _logaddexp)
+_register_scan(lax.cumlogsumexp_p, _logaddexp, handles_complex=True)
 
 
 # --- sorting ------------------------------------------------------------------------------------

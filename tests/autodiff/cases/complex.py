@@ -140,4 +140,6 @@ CASES = [
          + lax.cummax(w, axis=0) + jnp.sort(z, axis=1) + z.at[jnp.array([0, 0, 2])].max(w)
          + w.at[jnp.array([1, 1, 2])].min(z),
          args(cnormal(*S), cnormal(*S)), fd=False),
+    Case("complex_cumlogsumexp_atan2", lambda z, w: lax.cumlogsumexp(z, axis=1)
+         + lax.atan2(z, w), args(cnormal(*S, scale=0.5), cannulus(*S))),
 ]
