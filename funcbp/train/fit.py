@@ -257,7 +257,9 @@ def fit(
         ``(x, y)`` batches, a function ``epoch -> iterable``, or a grain data set (see
         :mod:`funcbp.train.userdata`).
       config: the run's :class:`TrainConfig` (defaults: the digits recipe's
-        hyper-parameters); keyword ``overrides`` replace single fields: ``epochs=2``.
+        hyper-parameters); keyword ``overrides`` replace single fields: ``epochs=2``. Its
+        ``data`` and ``model`` fields are set from what is passed, and ``augment`` (random
+        shifts of NHWC images) only applies when given as a keyword.
       validation_data, test_data: ``(x, y)`` arrays or iterables (default: from ``data``;
         validation otherwise held out of the training arrays by ``val_fraction``).
       run_dir: where to write; default :func:`default_run_dir` (``runs/<time>-<data>-<model>``).
@@ -304,7 +306,10 @@ def fit(
                         "an (init, apply) pair, init or params with apply_fn) and the data; or "
                         "a TrainConfig for the built-in data sets")
     base = config or TrainConfig(data=PYTHON, model=PYTHON)
-    given = {"data": data if isinstance(data, str) else PYTHON, "model": PYTHON, **overrides}
+    # augment=None: decided by the data (off for yours) unless asked for here; a config made
+    # for the built-in digits would otherwise carry their default of shifting images.
+    given = {"data": data if isinstance(data, str) else PYTHON, "model": PYTHON,
+             "augment": None, **overrides}
     config = dataclasses.replace(base, **given)
     layer = as_layer(model, apply_fn)
     user = resolve_data(data, val_fraction=config.val_fraction, split_seed=config.split_seed,

@@ -11,7 +11,8 @@ MODULES = ["funcbp.train.checkpoint", "funcbp.train.step", "funcbp.train.models"
            "funcbp.train.rundir", "funcbp.train.fit", "funcbp.train.config", "funcbp.cli",
            "funcbp.train.configfile", "funcbp.train.manager", "funcbp.train.precision",
            "funcbp.train.userdata", "funcbp.train.writers", "funcbp.train.export",
-           "funcbp.train.adapters", "funcbp.train.loop", "funcbp.train.report"]
+           "funcbp.train.adapters", "funcbp.train.loop", "funcbp.train.report",
+           "funcbp.train.summary"]
 
 
 @pytest.mark.parametrize("name", MODULES)
