@@ -264,6 +264,12 @@ class TrainConfig:
                       "keep_last"):
             if getattr(self, field) < 0:
                 bad(field, getattr(self, field), "must be >= 0 (0: off)")
+        if self.histogram_every and "tensorboard" not in names:
+            bad("histogram_every", self.histogram_every, "histograms are written to "
+                "TensorBoard: add tensorboard to writers, or set histogram_every=0")
+        if self.log_every and not names:
+            bad("log_every", self.log_every, "step scalars go to the writers, and writers is "
+                "empty: set writers (jsonl, csv, tensorboard), or log_every=0")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             bad("steps_per_epoch", self.steps_per_epoch, "must be a positive integer (or None)")
         if self.schedule not in SCHEDULES:

@@ -151,6 +151,10 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
     train = data.train
     arrays = isinstance(train, ArrayData)
     if arrays:
+        if config.steps_per_epoch is not None:
+            raise ValueError(f"steps_per_epoch={config.steps_per_epoch} applies to data given "
+                             "as an iterable; with arrays an epoch is every full batch of the "
+                             "training split: drop steps_per_epoch")
         steps_per_epoch = len(train.x) // config.batch_size
         if steps_per_epoch == 0:
             raise ValueError(f"batch_size {config.batch_size} is larger than the training "

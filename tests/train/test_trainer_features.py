@@ -55,6 +55,7 @@ def digits():
 
 # ------------------------------------------------------------------------ metric writers
 
+@pytest.mark.slow
 def test_writers_log_steps_epochs_and_histograms_and_read_back(digits, tmp_path):
     pytest.importorskip("tensorboardX")
     x, y = digits
@@ -98,6 +99,7 @@ def test_writers_log_steps_epochs_and_histograms_and_read_back(digits, tmp_path)
     assert "grads/out/b" in hist
 
 
+@pytest.mark.slow
 def test_writers_cut_what_was_logged_after_the_checkpoint_on_resume(digits, tmp_path,
                                                                    monkeypatch):
     x, y = digits
@@ -293,6 +295,7 @@ def test_bf16_digits_loss_curve_is_within_float32_seed_noise(tmp_path):
 
 # ----------------------------------------------------------------------- safetensors
 
+@pytest.mark.slow
 def test_safetensors_export_round_trips_and_names_the_layers(digits, tmp_path):
     st = pytest.importorskip("safetensors.numpy")
     x, y = digits
@@ -317,6 +320,7 @@ def test_safetensors_missing_is_a_clear_error(monkeypatch, tmp_path):
         save_safetensors(tmp_path / "p.safetensors", {"w": jnp.ones(2)})
 
 
+@pytest.mark.slow
 def test_f16_run_through_fit_scales_its_loss_and_resumes_inside_an_epoch(digits, tmp_path,
                                                                          monkeypatch):
     """float16 end to end: the loss scale lives in the checkpoint's optimiser state, the

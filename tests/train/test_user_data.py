@@ -247,6 +247,9 @@ def test_cli_trains_a_factory_on_an_npz_with_a_config_file_and_resumes(arrays, t
     (["--data", "nothere.npz"], "nothere.npz: no such data file"),
     (["--model", "nomodule:factory", "--data", "d.npz"], "cannot import 'nomodule'"),
     (["precision=f8"], "TrainConfig.precision='f8': choose one of f32, bf16, f16"),
+    (["histogram_every=1"], "histograms are written to TensorBoard: add tensorboard"),
+    (["--data", "d.npz", "steps_per_epoch=3"], "steps_per_epoch=3 applies to data given as "
+                                               "an iterable"),
 ])
 def test_cli_names_the_bad_key(tmp_path, monkeypatch, capsys, argv, says):
     monkeypatch.chdir(tmp_path)
