@@ -15,7 +15,13 @@ MODULES = ["funcbp.train.checkpoint", "funcbp.train.step", "funcbp.train.models"
            "funcbp.train.summary"]
 
 
+#: Modules whose examples need an optional package (skipped without it).
+NEEDS = {"funcbp.train.export": "safetensors"}
+
+
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
+    if name in NEEDS:
+        pytest.importorskip(NEEDS[name])
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
