@@ -276,8 +276,9 @@ def test_bf16_digits_loss_curve_is_within_float32_seed_noise(tmp_path):
     curve stays within the spread of float32 curves that differ only in their seed.
 
     Tolerance: at each epoch, |bf16(seed 0) - f32(seed 0)| must not exceed the largest
-    difference between the float32 curves of seeds 0, 1, 2 (seed-to-seed noise; about 2e-2
-    here), so a bf16 error bigger than the noise of choosing another seed fails."""
+    difference between the float32 curves of seeds 0, 1, 2 (seed-to-seed noise: 0.036 to 0.14
+    here, while bf16 stays within 0.0014 of float32), so a bf16 error bigger than the noise of
+    choosing another seed fails."""
     base = dict(model="mlp", epochs=4, batch_size=64, lr=0.05, augment=False,
                 writers="", **QUIET)
     curves = {}
