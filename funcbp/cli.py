@@ -291,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _is_override(text: str) -> bool:
     key, sep, _ = text.partition("=")
-    return bool(sep) and not text.startswith("-") and key.replace(".", "_").isidentifier()
+    return (bool(sep) and not text.startswith("-")
+            and key.replace(".", "_").replace("-", "_").isidentifier())
 
 
 if __name__ == "__main__":

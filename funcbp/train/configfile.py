@@ -181,7 +181,8 @@ def config_values(file: str | os.PathLike | None = None, options: Mapping | None
         if not sep or not key.strip():
             raise ConfigFileError(f"override {item!r}: expected key=value, e.g. epochs=5 or "
                                   "optimizer.weight_decay=0.05")
-        _set(flat, key.strip(), parse_value(text.strip()), f"override {item!r}")
+        key = key.strip().replace("-", "_")  # batch-size=64 as the option is spelt
+        _set(flat, key, parse_value(text.strip()), f"override {item!r}")
     fields = _fields()
     for name, value in list(flat.items()):  # ints where a float belongs: 1 -> 1.0
         kind = str(fields[name].type)
