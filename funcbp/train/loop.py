@@ -42,6 +42,7 @@ from funcbp.train.report import (
     plot_history,
 )
 from funcbp.train.step import make_eval_step, make_train_step
+from funcbp.train.stepping import SUMMED, advance_fn, pack, read_back, show
 from funcbp.train.summary import diagnostics, evaluate_split, finish, say_epoch
 from funcbp.train.userdata import ArrayData, IterableData, UserData, as_batch
 from funcbp.train.writers import MultiWriter, make_writers
@@ -49,7 +50,6 @@ from funcbp.train.writers import MultiWriter, make_writers
 __all__ = ["FitResult", "NonFiniteError", "Task", "run"]
 
 SYNC_SECONDS = 0.5  # read metrics back (bar, NaN check) at most this often, and at epoch end
-_SUMMED = ("loss", "accuracy", "grad_norm", "overflow")
 
 
 class NonFiniteError(FloatingPointError):
@@ -113,7 +113,7 @@ def _device_batch(item: Any) -> tuple[jax.Array, jax.Array]:
 
 
 def _new_sums() -> dict:
-    return {**{k: 0.0 for k in _SUMMED}, "count": 0, "lr": None}
+    return {**{k: 0.0 for k in SUMMED}, "count": 0, "lr": None}
 
 
 def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | None,
@@ -200,11 +200,11 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
             if batch is None:
                 batch = (xs[i], ys[i])
             p, s, m = step_fn(p, s, batch, jax.random.fold_in(key, i))
-            return p, s, _pack(m), m
+            return p, s, pack(m), m
     else:
         place = lambda tree: tree
         step_fn = jax.jit(train_step, donate_argnums=(0, 1))  # replays a NaN's steps only
-        advance = _advance(train_step)
+        advance = advance_fn(train_step)
 
     state = {"best": None, "best_epoch": None, "bad_epochs": 0, "stopped_early": False}
     start_epoch, step, start_batch, partial, data_state = 0, 0, 0, None, {}
@@ -313,12 +313,12 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
                 save_now = manager.should_save_step(epoch_step + i) and i != steps_per_epoch
                 if (i == steps_per_epoch or save_now
                         or time.perf_counter() - last_sync > SYNC_SECONDS):
-                    bad_index = _read_back(pending, sums, writers, config, epoch_step)
+                    bad_index = read_back(pending, sums, writers, config, epoch_step)
                     if bad_index is not None:
                         break
                     pending, last_sync = [], time.perf_counter()
                     window.clear()
-                    _show(bar, sums, i, config.batch_size, t_epoch, first)
+                    show(bar, sums, i, config.batch_size, t_epoch, first)
                     if save_now:
                         step = epoch_step + i
                         manager.save(host({"params": params, "opt_state": opt_state}),
@@ -327,7 +327,7 @@ def run(config: TrainConfig, task: Task, run_dir: Path, *, resume_from: Path | N
                                      data_state={"epoch": epoch, "batch": i,
                                                  "iterator": _iter_state(train)})
             if bad_index is None and pending:
-                bad_index = _read_back(pending, sums, writers, config, epoch_step)
+                bad_index = read_back(pending, sums, writers, config, epoch_step)
             bar.close()
             if bad_index is not None:
                 manager.wait()
@@ -423,79 +423,6 @@ def _check_same_data(saved: dict | None, current: dict | None, ckpt: Path) -> No
                      f"trained on, in the {' and '.join(differ)} split(s) ({differ[0]}: "
                      f"{saved.get(differ[0])} then, {current.get(differ[0])} now); resuming "
                      "would not continue that run. Pass the same data, or start a new run")
-
-
-#: The step's scalars the loop reads back, packed into one float32 vector per step (one
-#: transfer instead of one per scalar); NaN marks a metric the step does not have.
-_PACKED = ("loss", "accuracy", "grad_norm", "lr", "finite", "bad_labels", "loss_scale",
-           "overflow")
-
-
-def _pack(m: dict) -> jax.Array:
-    nan = jnp.float32(jnp.nan)
-    return jnp.stack([jnp.asarray(m[k], jnp.float32) if k in m else nan for k in _PACKED])
-
-
-def _advance(train_step: Callable) -> Callable:
-    """The compiled step the loop calls: step ``i`` of the epoch, its key ``fold_in(key, i)``
-    and (for arrays) its batch cut from the epoch's stacked arrays inside the compiled
-    function, so that no eager op runs per step on the host; metrics packed for read-back."""
-    def indexed(p, s, xs, ys, key, i):
-        p, s, m = train_step(p, s, (xs[i], ys[i]), jax.random.fold_in(key, i))
-        return p, s, _pack(m), m
-
-    def given(p, s, batch, key, i):
-        p, s, m = train_step(p, s, batch, jax.random.fold_in(key, i))
-        return p, s, _pack(m), m
-
-    indexed = jax.jit(indexed, donate_argnums=(0, 1))
-    given = jax.jit(given, donate_argnums=(0, 1))
-
-    def advance(p, s, key, i, batch=None, xs=None, ys=None):
-        if batch is None:
-            return indexed(p, s, xs, ys, key, i)
-        return given(p, s, batch, key, i)
-
-    return advance
-
-
-def _read_back(pending, sums, writers, config, epoch_step) -> int | None:
-    """Check and sum the pending steps' metrics in order; the index of the first bad one."""
-    rows = jax.device_get([packed for _, packed, _ in pending])
-    for (i, _, m), row in zip(pending, rows, strict=True):
-        got = dict(zip(_PACKED, (float(v) for v in row), strict=True))
-        if got["finite"] != 1.0 or got["bad_labels"] != 0.0:
-            return i
-        sums["count"] += 1
-        for k in _SUMMED:
-            if k in m:
-                sums[k] += got[k]
-        if "accuracy" in m:
-            sums["accuracy_seen"] = True
-        if "lr" in m:
-            sums["lr"] = got["lr"]
-        if "loss_scale" in m:
-            sums["loss_scale"] = got["loss_scale"]
-        global_step = epoch_step + i + 1
-        if config.log_every and global_step % config.log_every == 0:
-            values = {k: got[k] for k in ("loss", "accuracy", "grad_norm", "lr", "loss_scale")
-                      if k in m}
-            if "layer_grad_norms" in m:
-                values["grad_norm_layer"] = {k: float(v) for k, v in
-                                             jax.device_get(m["layer_grad_norms"]).items()}
-            writers.scalars(global_step, values)
-    return None
-
-
-def _show(bar, sums, i, batch_size, t_epoch, first) -> None:
-    n = max(sums["count"], 1)
-    shown = {"loss": f"{sums['loss'] / n:.4f}"}
-    if "accuracy_seen" in sums:
-        shown["acc"] = f"{sums['accuracy'] / n:.3f}"
-    elapsed = time.perf_counter() - t_epoch
-    shown["ex_s"] = f"{(i - first) * batch_size / elapsed:.0f}"
-    bar.set_postfix(**shown)
-    bar.update(i - bar.n)
 
 
 def _stop(bad_index, pending, snapshot, batch_of, manager, epoch, epoch_step, config, task,

@@ -12,7 +12,7 @@ MODULES = ["funcbp.train.checkpoint", "funcbp.train.step", "funcbp.train.models"
            "funcbp.train.configfile", "funcbp.train.manager", "funcbp.train.precision",
            "funcbp.train.userdata", "funcbp.train.writers", "funcbp.train.export",
            "funcbp.train.adapters", "funcbp.train.loop", "funcbp.train.report",
-           "funcbp.train.summary"]
+           "funcbp.train.summary", "funcbp.train.stepping"]
 
 
 #: Modules whose examples need an optional package (skipped without it).
