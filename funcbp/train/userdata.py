@@ -80,7 +80,9 @@ class IterableData:
         self.source, self.steps_per_epoch = source, steps_per_epoch
         self._iterator: Iterator | None = None
         self._consumed = 0
-        self.one_shot = (not callable(source)) and iter(source) is source
+        # An iterator (a generator object) is used up by one pass; asked without calling
+        # iter(), which would start a loader's workers.
+        self.one_shot = isinstance(source, Iterator)
 
     def __len__(self) -> int:
         if self.steps_per_epoch is not None:
