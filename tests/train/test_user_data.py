@@ -144,6 +144,8 @@ def test_data_forms_resolve_to_the_same_splits(arrays, tmp_path):
     np.savez(path, x_train=x, y_train=y)
     with pytest.raises(ValueError, match="missing array\\(s\\) x_test, y_test"):
         resolve_data(str(path))
+    with pytest.raises(ValueError, match="one-shot iterator.*function epoch -> iterable"):
+        resolve_data(b for b in _batches(x, y, 64))     # a generator object: one pass only
 
 
 @pytest.mark.slow
