@@ -8,6 +8,27 @@ so that supporting another jax release means reading this file, not the whole pa
   flow on its inputs (``3 * x if x < 2 else sin(x)``) can be differentiated when called with
   concrete arrays, as ``jax.grad`` allows. jax's own tracer for jaxprs is subclassed so that its
   tracers also carry the value each equation computes.
+- :func:`bind_equation`, :func:`custom_vjp_subfuns`: ``get_bind_params`` returns
+  ``(subfuns, params)`` before jax 0.10, the params alone (sub-functions inside) from 0.10.
+- :func:`hi_primitive`: the hi-level primitive of a ``call_hi_primitive`` equation (``prim``
+  in 0.9, ``_prim`` from 0.10).
+- :func:`discharge_state`: jax 0.9 discharges ``(jaxpr, consts)``, jax 0.10 a ``ClosedJaxpr``.
+- :func:`varying_axes`: the mesh axes a value varies across in ``shard_map(check_vma=True)``
+  (``aval.vma`` in jax 0.9, ``aval.mat.varying`` from 0.10).
+- :func:`shard_map_manual_axes`, :func:`bind_shard_map`: the axes a ``shard_map`` equation
+  makes manual (``manual_axes`` in 0.9, ``newly_manual_axes`` from 0.10) and binding one whose
+  output specs are known only after tracing its body (an ``out_specs_thunk`` in 0.9, a
+  ``FlatTree`` carrying the specs from 0.10).
+- :data:`NOT_IN_EVERY_VERSION`: primitives that exist in only part of the supported range, so
+  ``funcbp.autodiff.coverage`` does not call an exclusion of one stale on a jax without it.
+
+Parameters that jax 0.10 added to a primitive are absent from a jax 0.9 jaxpr; their rules read
+them with their old meaning (``eig``'s ``enable_eigvec_derivs``: False, so eigenvectors are
+refused as jax 0.9 refuses them; ``tridiagonal_solve``'s ``perturb_singular``: passed on only
+when present) and bind the primitive with exactly the parameters the equation has. Primitives
+that jax 0.9 lacks (``stack``, ``unstack``) get a rule only where they exist.
+
+Supported range: jax 0.9.0 (the floor in ``pyproject.toml``, tested in CI) to 0.10.2.
 """
 
 from __future__ import annotations
@@ -19,8 +40,22 @@ import jax
 from jax._src import api_util, core
 from jax._src import linear_util as lu
 from jax._src.interpreters import partial_eval as pe
+from jax._src.state import discharge as _state_discharge
 
-__all__ = ["bind_equation", "custom_vjp_subfuns", "is_concrete", "trace_concrete"]
+__all__ = ["NOT_IN_EVERY_VERSION", "bind_equation", "bind_shard_map", "custom_vjp_subfuns",
+           "discharge_state", "hi_primitive", "is_concrete", "shard_map_manual_axes",
+           "trace_concrete", "varying_axes"]
+
+_JAX_0_10 = tuple(int(p) for p in jax.__version__.split(".")[:2]) >= (0, 10)
+
+#: primitive name -> the jax versions whose public modules can emit it, for primitives in only
+#: part of the supported range (read by ``funcbp.autodiff.coverage``: an exclusion of one the
+#: installed jax cannot emit is not stale).
+NOT_IN_EVERY_VERSION: dict[str, str] = {
+    **dict.fromkeys(["empty_ref", "free_ref", "eval_jaxpr", "log_extend", "log_read", "new_log",
+                     "mulhi", "stage", "check"], "jax >= 0.10"),
+    **dict.fromkeys(["xla_pmap", "custom_transpose_call"], "jax < 0.10"),
+}
 
 
 def bind_equation(primitive: Any, params: dict, invals: list) -> Any:
@@ -44,6 +79,75 @@ def custom_vjp_subfuns(params: dict) -> tuple:
     if isinstance(bind_params, tuple):
         return tuple(bind_params[0])
     return tuple(bind_params["subfuns"])
+
+
+def hi_primitive(params: dict) -> Any:
+    """The ``VJPHiPrimitive`` a ``call_hi_primitive`` equation applies: its ``_prim`` param
+    from jax 0.10, ``prim`` in 0.9 (the only param either way)."""
+    return params["_prim"] if "_prim" in params else params["prim"]
+
+
+def discharge_state(closed: core.ClosedJaxpr) -> core.ClosedJaxpr:
+    """jax's state discharge of ``closed``: references in, values out (same ``ClosedJaxpr``
+    contract on every version; jax 0.9 takes and returns ``(jaxpr, consts)``)."""
+    if not _JAX_0_10:
+        jaxpr, consts = _state_discharge.discharge_state(closed.jaxpr, closed.consts)
+        return core.ClosedJaxpr(jaxpr, consts)
+    return _state_discharge.discharge_state(closed)
+
+
+def varying_axes(x: Any) -> frozenset:
+    """The mesh axes ``x`` (a value or an aval) varies across under ``shard_map(check_vma=True)``;
+    empty outside one. jax 0.9 keeps them in ``aval.vma``, jax 0.10 in ``aval.mat.varying``."""
+    aval = x if isinstance(x, core.AbstractValue) else core.typeof(x)
+    mat = getattr(aval, "mat", None)
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", None) or ())
+
+
+def shard_map_manual_axes(params: dict) -> frozenset:
+    """The mesh axes a ``shard_map`` equation makes manual: its ``newly_manual_axes`` from jax
+    0.10 (axes an enclosing shard_map made manual excluded), ``manual_axes`` in 0.9."""
+    if "newly_manual_axes" in params:
+        return params["newly_manual_axes"]
+    return params["manual_axes"]
+
+
+def bind_shard_map(body: Callable, args: list, *, mesh: Any, in_specs: Any, check_vma: bool,
+                   manual_axes: frozenset, debug_info: Any) -> list:
+    """Binds ``shard_map`` on ``args`` with ``body(*local_args) -> (outputs, out_specs)``, whose
+    output specs are known only once it is traced, as jax binds its own (transposition).
+
+    jax 0.10 takes the body as a ``FlatTree``-returning sub-function with the specs as its aux
+    and the manual axes as ``newly_manual_axes``; jax 0.9 takes a ``WrappedFun``, an
+    ``out_specs_thunk`` read after tracing, and ``manual_axes``.
+    """
+    from jax._src.shard_map import shard_map_p
+
+    debug_info = debug_info.with_unknown_names()
+    if _JAX_0_10:
+        from jax._src.tree_util import FlatTree
+
+        def fun(*local_args):
+            outs, specs = body(*local_args)
+            return FlatTree.flatten(list(outs)).with_aux(tuple(specs))
+
+        out = shard_map_p.bind(*args, subfuns=(fun,), mesh=mesh, in_specs=tuple(in_specs),
+                               check_vma=check_vma, newly_manual_axes=manual_axes,
+                               debug_info=debug_info)
+        return list(out.unflatten())
+    specs: list = []
+
+    def flat(*local_args):
+        outs, out_specs = body(*local_args)
+        specs[:] = out_specs
+        return list(outs)
+
+    out = shard_map_p.bind(lu.wrap_init(flat, debug_info=debug_info), *args, mesh=mesh,
+                           in_specs=tuple(in_specs), out_specs_thunk=lambda: tuple(specs),
+                           check_vma=check_vma, manual_axes=manual_axes)
+    return list(out)
 
 
 def is_concrete(x: Any) -> bool:

@@ -63,6 +63,9 @@ _REDUCED = ("produced only by all_gather(to='reduced') on explicit-sharding axes
 _LINEAR_HALF = ("the linear half of a custom_vjp that jax.jvp/jax.linearize leave in a jaxpr: "
                 "it cannot be evaluated, jax itself only transposes it inside "
                 "linear_transpose; funcbp refuses it naming why (rules/calls.py)")
+_JAX_0_9_ONLY = ("a jax 0.9 primitive removed in 0.10, made only by a deprecated or experimental "
+                 "path (jax.pmap under jax_pmap_shmap_merge=False, jax.custom_transpose); "
+                 "refused with an error naming what to use instead (shard_map, custom_vjp)")
 _INTERNAL = ("internal to jax: only jax's own transformations (linearize, sharding-in-types, "
              "hijax, compiler hints) put it in a jaxpr, never the public API a user calls")
 
@@ -95,6 +98,7 @@ EXCLUDED: dict[str, str] = {
     "unreduced_psum": _INTERNAL, "unreduced_reduce_scatter": _INTERNAL, "preduced": _INTERNAL,
     # not supported, each refused with a clear error
     "ragged_all_to_all": _NO_CPU, "all_gather_reduced": _REDUCED, "custom_lin": _LINEAR_HALF,
+    "xla_pmap": _JAX_0_9_ONLY, "custom_transpose_call": _JAX_0_9_ONLY,
 }
 
 
@@ -112,8 +116,12 @@ class Coverage(NamedTuple):
     missing: list[str]
 
     def stale(self) -> list[str]:
-        """Exclusions that no longer hold: the primitive now has a rule, or left jax's scope."""
-        scope = {*self.covered, *self.excluded, *self.missing}
+        """Exclusions that no longer hold: the primitive now has a rule, or left jax's scope
+        (a primitive only part of the supported jax range has, ``compat.NOT_IN_EVERY_VERSION``,
+        may be absent from the installed jax)."""
+        from funcbp.autodiff.compat import NOT_IN_EVERY_VERSION
+
+        scope = {*self.covered, *self.excluded, *self.missing, *NOT_IN_EVERY_VERSION}
         return sorted(n for n in EXCLUDED if n in self.covered or n not in scope)
 
     def summary(self) -> str:

@@ -438,7 +438,7 @@ def zeros_like_aval(aval: Any) -> jax.Array:
     varies across, so it can stand where that value's cotangent goes (e.g. a scan carry).
     """
     zero = lax.full(aval.shape, 0, aval.dtype)
-    varying = getattr(getattr(aval, "mat", None), "varying", None)
+    varying = compat.varying_axes(aval)
     if varying:
         from jax._src import config as jax_config
         from jax._src import core as jax_core

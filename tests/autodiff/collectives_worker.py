@@ -17,6 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 import funcbp
 from funcbp.check.tables.collectives import register_cpu_pbroadcast
+from tests.jaxversion import all_gather_invariant
 
 jax.config.update("jax_enable_x64", True)
 register_cpu_pbroadcast()  # jax 0.10 lowers pbroadcast on GPU only
@@ -112,13 +113,13 @@ def per_setting(vma: bool, w, x, y) -> None:
               reference=shmap(lambda v: jnp.sin(by_gather(v)), P("i"), P("i"), vma))
 
     # pmax / pmin with ties: the reference takes max/min of the gathered values
-    to = "invarying" if vma else "varying"
+    gather = all_gather_invariant if vma else lax.all_gather
     ties = jnp.asarray(RNG.integers(-1, 2, (8, 3)).astype(float))
     pullbacks(f"pmax pmin with ties, {tag}",
               shmap(lambda v: lax.pmax(v, "i") * v - lax.pmin(v * v, "i"), P("i"), P("i"),
                     vma), ties,
-              reference=shmap(lambda v: jnp.max(lax.all_gather(v, "i", to=to), 0) * v
-                              - jnp.min(lax.all_gather(v * v, "i", to=to), 0),
+              reference=shmap(lambda v: jnp.max(gather(v, "i"), 0) * v
+                              - jnp.min(gather(v * v, "i"), 0),
                               P("i"), P("i"), vma))
 
     # a 2-D mesh, collectives over one axis and over both
@@ -157,7 +158,7 @@ def main() -> None:
                     mesh=MESH2, axis_names={"a"}), normal(3, 3), normal(4, 3))
     # all_gather to an invariant value
     pullbacks("all_gather(to='invarying')",
-              shmap(lambda v: jnp.sin(lax.all_gather(v, "i", to="invarying", tiled=True)),
+              shmap(lambda v: jnp.sin(all_gather_invariant(v, "i", tiled=True)),
                     P("i"), P(), True), x)
     if FAILED:
         sys.exit(f"{len(FAILED)} comparisons failed: {FAILED}")

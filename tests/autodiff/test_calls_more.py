@@ -3,6 +3,8 @@ says), a custom_vjp's linear half left by jax.jvp (jax's own error), donated dev
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 from jax.experimental import io_callback
 
 import funcbp
+from tests.jaxversion import requires
 
 
 def _pure(x):
@@ -59,3 +62,23 @@ def test_a_donating_device_put_is_refused():
     f = lambda x: jnp.sum(jax.device_put(x * 2.0, donate=True) ** 2)  # noqa: E731
     with pytest.raises(funcbp.UnsupportedPrimitiveError, match="DONATE_INPUT"):
         funcbp.grad(f)(jnp.ones(3))
+
+
+@requires("legacy_pmap")
+def test_jax_0_9_legacy_pmap_is_refused_pointing_to_shard_map():
+    """jax 0.9's pmap under the deprecated jax_pmap_shmap_merge=False is an xla_pmap: refused
+    (a documented exclusion) with what to do; by default pmap is a shard_map and works."""
+    f = lambda x: jnp.sum(jax.pmap(jnp.sin)(x))  # noqa: E731
+    x = jnp.ones((1, 3))
+    np.testing.assert_allclose(funcbp.grad(f)(x), jnp.cos(x), rtol=1e-6)
+    previous = jax.config.jax_pmap_shmap_merge
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # jax deprecates the option itself
+        jax.config.update("jax_pmap_shmap_merge", False)
+    try:
+        with pytest.raises(funcbp.UnsupportedPrimitiveError, match="'xla_pmap'.*shard_map"):
+            funcbp.grad(f)(x)
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            jax.config.update("jax_pmap_shmap_merge", previous)

@@ -11,6 +11,7 @@ from jax import lax
 
 import funcbp
 from funcbp.autodiff import interpreter
+from tests.jaxversion import skip_without
 
 
 def _fd(f, x, eps=1e-6):
@@ -117,7 +118,7 @@ class _config:
     def __enter__(self):
         if not hasattr(jax.config, self.name):  # an older jax without the option
             if self.value:
-                pytest.skip(f"this jax has no {self.name}")
+                skip_without(self.name)
             self.old = None
             return
         self.old = getattr(jax.config, self.name)

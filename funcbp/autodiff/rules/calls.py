@@ -259,16 +259,18 @@ def _hi_primitive_p():
     return call_hi_primitive_p
 
 
-def call_hi_forward(*args, needs, _prim, **params):
+def call_hi_forward(*args, needs, **params):
     """Runs the primitive's own ``vjp_fwd`` (a custom_vjp's ``fwd``) and keeps its residuals."""
+    _prim = compat.hi_primitive(params)
     in_nzs = _prim.in_tree.unflatten([bool(n) for n in needs])
     fwd_out = _prim.vjp_fwd(in_nzs, *_prim.in_tree.unflatten(list(args)))
     out, res = fwd_out[0], fwd_out[1]
     return list(_prim.out_tree.flatten_up_to(out)), res
 
 
-def call_hi_vjp(cts, *args, res, _prim, **params):
+def call_hi_vjp(cts, *args, res, **params):
     """Calls the primitive's own ``vjp_bwd_retval`` (a custom_vjp's ``bwd``) on the cotangents."""
+    _prim = compat.hi_primitive(params)
     from jax._src import ad_util
     from jax._src.hijax import VJPHiPrimitive
 
@@ -422,6 +424,15 @@ NO_RULE_HINTS["custom_lin"] = (
     "in the program; a custom_vjp function has no forward-mode derivative, so it cannot be "
     "evaluated or differentiated here (jax refuses too). Differentiate the function itself, "
     "or give it a jax.custom_jvp rule if you need its jvp")
+# Two primitives of jax 0.9 only (gone in 0.10), refused with what to use instead.
+NO_RULE_HINTS["xla_pmap"] = (
+    "jax.pmap makes this primitive only under the deprecated jax_pmap_shmap_merge=False of "
+    "jax 0.9; by default jax.pmap is a shard_map, which funcbp differentiates. Leave "
+    "jax_pmap_shmap_merge at its default (True), or use jax.shard_map")
+NO_RULE_HINTS["custom_transpose_call"] = (
+    "jax.custom_transpose (jax 0.9's experimental API, and the custom_vjp of its "
+    "jax_enable_custom_vjp_by_custom_transpose=True) is not supported by funcbp; use "
+    "jax.custom_vjp or jax.custom_jvp instead (and leave that option at False)")
 
 
 # --- remat_opt (custom_vjp(..., optimize_remat=True)) ------------------------------------------

@@ -35,9 +35,9 @@ from jax._src import config as jax_config
 from jax._src import core as jax_core
 from jax._src.lax import parallel
 from jax._src.shard_map import shard_map_p
-from jax._src.tree_util import FlatTree
 from jax.tree_util import tree_flatten, tree_unflatten
 
+from funcbp.autodiff import compat
 from funcbp.autodiff.rules import UnsupportedPrimitiveError, register_vjp_rule, vjp_rule
 
 __all__: list[str] = []
@@ -67,7 +67,7 @@ def _vary(x: Any, axes: tuple) -> Any:
     """
     if not _tracks_vma():
         return x
-    missing = tuple(a for a in axes if a not in jax_core.typeof(x).mat.varying)
+    missing = tuple(a for a in axes if a not in compat.varying_axes(x))
     return jax_core.pvary(x, missing) if missing else x
 
 
@@ -211,25 +211,11 @@ def pbroadcast_vjp(ct, x, *, axis_name, source, **params):
 
 # --- shard_map --------------------------------------------------------------------------------
 
-def _bind_shard_map(body, args, *, mesh, in_specs, check_vma, newly_manual_axes, debug_info):
-    """Binds a ``shard_map`` whose body's output specs are known only after tracing it.
-
-    ``body(*local_args) -> (outputs, out_specs)``. This is how jax binds its own shard_maps
-    (partial evaluation, transposition); it is jax-version dependent and kept to this function.
-    The call is compiled as a whole: evaluated eagerly, a shard_map body would dispatch (and
-    compile) one program per operation on every device.
-    """
-    def fun(*local_args):
-        outs, specs = body(*local_args)
-        return FlatTree.flatten(list(outs)).with_aux(tuple(specs))
-
-    def call(*args):
-        out = shard_map_p.bind(*args, subfuns=(fun,), mesh=mesh, in_specs=tuple(in_specs),
-                               check_vma=check_vma, newly_manual_axes=newly_manual_axes,
-                               debug_info=debug_info.with_unknown_names())
-        return list(out.unflatten())
-
-    return jax.jit(call)(*args)
+def _bind_shard_map(body, args, **params):
+    """Binds a ``shard_map`` whose body's output specs are known only after tracing it
+    (``compat.bind_shard_map``), compiled as a whole: evaluated eagerly, a shard_map body would
+    dispatch (and compile) one program per operation on every device."""
+    return jax.jit(lambda *args: compat.bind_shard_map(body, list(args), **params))(*args)
 
 
 def _spec_names(spec: Any) -> set:
@@ -254,7 +240,7 @@ def _residual_spec(x: Any, mesh: Any, check_vma: bool, newly_manual_axes: frozen
     of this shard_map's axes without vma types: every device's value is kept)."""
     names = tuple(n for n in mesh.axis_names if n in newly_manual_axes)
     if check_vma:  # axes of an enclosing shard_map stay in the value's type outside this one
-        varying = jax_core.typeof(x).mat.varying
+        varying = compat.varying_axes(x)
         names = tuple(n for n in names if n in varying)
     return jax.sharding.PartitionSpec(names) if names else jax.sharding.PartitionSpec()
 
@@ -276,10 +262,12 @@ class _ShardInfo:
     specs: list          # the residuals' specs
 
 
-def shard_map_forward(*args, needs, jaxpr, mesh, in_specs, out_specs, check_vma,
-                      newly_manual_axes, **params):
+def shard_map_forward(*args, needs, jaxpr, mesh, in_specs, out_specs, check_vma, **params):
     """Runs funcbp's forward walk in the body of one shard_map; what the backward walk reads
-    comes out as extra outputs (residuals), each split over the mesh axes it varies across."""
+    comes out as extra outputs (residuals), each split over the mesh axes it varies across.
+
+    ``params`` holds the manual axes alone (``compat.shard_map_manual_axes``)."""
+    newly_manual_axes = compat.shard_map_manual_axes(params)
     interp = _interp()  # a Record is a pytree of exactly the values its backward reads
     info = _ShardInfo()
     n_out = len(out_specs)
@@ -295,12 +283,12 @@ def shard_map_forward(*args, needs, jaxpr, mesh, in_specs, out_specs, check_vma,
         return [*outs, *residuals], [*out_specs, *info.specs]
 
     outs = _bind_shard_map(body, args, mesh=mesh, in_specs=in_specs, check_vma=check_vma,
-                           newly_manual_axes=newly_manual_axes, debug_info=jaxpr.debug_info)
+                           manual_axes=newly_manual_axes, debug_info=jaxpr.debug_info)
     return outs[:n_out], (outs[n_out:], info)
 
 
 def shard_map_vjp(cts, *args, res, needs, jaxpr, mesh, in_specs, out_specs, check_vma,
-                  newly_manual_axes, **params):
+                  **params):
     """Walks the body backward inside a shard_map; input cotangents get the inputs' specs.
 
     With ``check_vma=False`` jax cannot know that an output claimed replicated (an axis missing
@@ -309,6 +297,7 @@ def shard_map_vjp(cts, *args, res, needs, jaxpr, mesh, in_specs, out_specs, chec
     replicated over an axis is the sum of the devices' cotangents. This rule does the same.
     """
     interp = _interp()
+    newly_manual_axes = compat.shard_map_manual_axes(params)
     residuals, info = res
     live = [i for i, ct in enumerate(cts) if ct is not None]
     live_cts = []
@@ -347,7 +336,7 @@ def shard_map_vjp(cts, *args, res, needs, jaxpr, mesh, in_specs, out_specs, chec
     ct_specs = [_ct_spec(out_specs[i]) for i in live]
     outs = _bind_shard_map(body, [*residuals, *live_cts], mesh=mesh,
                            in_specs=[*info.specs, *ct_specs], check_vma=check_vma,
-                           newly_manual_axes=newly_manual_axes, debug_info=jaxpr.debug_info)
+                           manual_axes=newly_manual_axes, debug_info=jaxpr.debug_info)
     result: list[Any] = [None] * len(args)
     for i, ct in zip(wanted, outs, strict=True):
         result[i] = ct

@@ -255,14 +255,15 @@ def _shift(x, down):
 
 
 @vjp_rule(linalg.tridiagonal_solve_p, handles_complex=True)
-def tridiagonal_solve_vjp(ct, dl, d, du, b, *, out, needs, perturb_singular):
+def tridiagonal_solve_vjp(ct, dl, d, du, b, *, out, needs, **params):
     """T X = B: B̄ = T^-T X̄ (T^T's sub-diagonal is du moved down, its super-diagonal dl moved
     up), d̄ = -Σ_k B̄ X, dl̄_i = -Σ_k B̄_i X_{i-1}, dū_i = -Σ_k B̄_i X_{i+1}; the unused dl[0] and
-    du[-1] get zero. ``perturb_singular`` applies to the transposed solve too."""
+    du[-1] get zero. ``params`` (``perturb_singular``, from jax 0.10; absent in 0.9, where the
+    solve never perturbs) applies to the transposed solve too."""
     if d.shape[-1] == 0:
         return (None, None, None, jnp.zeros_like(ct))
     b_bar = linalg.tridiagonal_solve(_shift(du, down=True), d, _shift(dl, down=False), ct,
-                                     perturb_singular=perturb_singular)
+                                     **params)
     d_bar = -jnp.sum(b_bar * out, axis=-1)
     pad = [(0, 0)] * (d.ndim - 1)
     dl_bar = jnp.pad(-jnp.sum(b_bar[..., 1:, :] * out[..., :-1, :], axis=-1), pad + [(1, 0)])

@@ -79,19 +79,23 @@ def eigh_vjp(cts, x, *, out, lower, sort_eigenvalues, subset_by_index, **params)
 
 # --- eig ----------------------------------------------------------------------------------------
 
-def eig_forward(x, *, needs, compute_left_eigenvectors, compute_right_eigenvectors,
-                enable_eigvec_derivs, **params):
-    """Computes the right eigenvectors too (the eigenvalues' gradient needs them)."""
-    if (compute_left_eigenvectors or compute_right_eigenvectors) and not enable_eigvec_derivs:
+def eig_forward(x, *, needs, compute_left_eigenvectors, compute_right_eigenvectors, **params):
+    """Computes the right eigenvectors too (the eigenvalues' gradient needs them).
+
+    ``enable_eigvec_derivs`` arrived in jax 0.10; a jax 0.9 jaxpr lacks it, which means False
+    (jax 0.9 never differentiates eigenvectors). It stays in ``params`` for the bind.
+    """
+    wants_vectors = compute_left_eigenvectors or compute_right_eigenvectors
+    if wants_vectors and not params.get("enable_eigvec_derivs", False):
         raise refuse(
             "eig", "eigenvectors and enable_eigvec_derivs=False",
             "derivatives of a non-symmetric matrix's eigenvectors (which second derivatives of its"
             " eigenvalues need too) are only valid under assumptions on the input that cannot be "
             "checked (distinct eigenvalues, see jax.lax.linalg.eig); pass "
-            "enable_eigvec_derivs=True to jax.lax.linalg.eig to opt in, as with jax")
+            "enable_eigvec_derivs=True to jax.lax.linalg.eig (jax >= 0.10) to opt in, as with jax")
     outs = list(linalg.eig_p.bind(
         x, compute_left_eigenvectors=compute_left_eigenvectors, compute_right_eigenvectors=True,
-        enable_eigvec_derivs=enable_eigvec_derivs, **params))
+        **params))
     if compute_right_eigenvectors:
         return outs, None
     return outs[:-1], outs[-1]

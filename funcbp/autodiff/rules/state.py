@@ -27,6 +27,7 @@ from jax._src.state import discharge as state_discharge
 from jax._src.state import types as state_types
 from jax.extend import core
 
+from funcbp.autodiff import compat
 from funcbp.autodiff.rules import NO_RULE_HINTS, UnsupportedPrimitiveError, register_vjp_rule
 
 __all__ = ["discharge"]
@@ -67,7 +68,7 @@ def discharge(closed: core.ClosedJaxpr) -> core.ClosedJaxpr:
     """
     if not _is_stateful(closed.jaxpr):
         return closed
-    return state_discharge.discharge_state(closed)
+    return compat.discharge_state(closed)
 
 
 # --- run_state --------------------------------------------------------------------------------
@@ -80,7 +81,7 @@ def _discharged_body(jaxpr: core.Jaxpr) -> core.ClosedJaxpr:
     try:
         return _DISCHARGED[jaxpr]
     except (KeyError, TypeError):
-        pure = state_discharge.discharge_state(core.ClosedJaxpr(jaxpr, ()))
+        pure = compat.discharge_state(core.ClosedJaxpr(jaxpr, ()))
         try:
             _DISCHARGED[jaxpr] = pure
         except TypeError:  # pragma: no cover - a jaxpr that cannot be weakly referenced

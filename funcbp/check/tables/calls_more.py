@@ -16,6 +16,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import linear_call
 
+from funcbp.autodiff.compat import bind_equation  # jax 0.9 and 0.10 bind calls differently
 from funcbp.check.rules import N, P, Sample
 
 S = (3, 4)
@@ -27,13 +28,13 @@ def _body(a, b):
 
 
 def _closed_call(x, y):
-    params = core.closed_call_p.get_bind_params({"call_jaxpr": jax.make_jaxpr(_body)(x, y)})
-    return core.closed_call_p.bind(x * 2.0, y, **params)
+    return bind_equation(core.closed_call_p, {"call_jaxpr": jax.make_jaxpr(_body)(x, y)},
+                         [x * 2.0, y])
 
 
 def _core_call(x, y):
-    params = core.call_p.get_bind_params({"call_jaxpr": jax.make_jaxpr(_body)(x, y).jaxpr})
-    return core.call_p.bind(x, y * y, **params)
+    return bind_equation(core.call_p, {"call_jaxpr": jax.make_jaxpr(_body)(x, y).jaxpr},
+                         [x, y * y])
 
 
 def _device_put(x, y):

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax._src.lax import parallel
 from jax.sharding import PartitionSpec as Spec
 
 from funcbp.check.rules import N, Sample
@@ -84,7 +85,8 @@ def _gathers(w, x):
         h = x @ w
         a = lax.all_gather(h, "i", axis=1)
         b = lax.all_gather(h, "i", tiled=True)
-        c = lax.all_gather(jnp.cos(h), "i", to="invarying", tiled=True)
+        # lax.all_gather(to="invarying") from jax 0.10; jax 0.9 has only this spelling
+        c = parallel.all_gather_invariant(jnp.cos(h), "i", tiled=True)
         d = lax.psum_scatter(h, "i", tiled=True)
         e = lax.all_to_all(h, "i", 0, 1, tiled=True)
         f = lax.ppermute(h, "i", [(0, 0)])

@@ -36,6 +36,10 @@ class Case:
         forward mode only (generic ``reduce_window``), the Jacobian built column by column with
         ``jax.jvp`` and transposed; or a function computing the same values that ``jax.vjp``
         can differentiate, for primitives jax cannot differentiate at all (``pmax``).
+      jax_features: features of jax newer than funcbp's floor that the function needs (keys of
+        ``tests/jaxversion.FEATURES``): on a jax without them the case is skipped, with reason.
+      reference_features: the same, needed only by the ``jax.vjp`` reference: on a jax without
+        them the comparison with jax is skipped, finite differences still run.
     """
 
     name: str
@@ -49,6 +53,8 @@ class Case:
     fd_eps: float = 1e-5
     tags: tuple = field(default_factory=tuple)
     reference: str | Callable = "vjp"
+    jax_features: tuple = ()
+    reference_features: tuple = ()
 
 
 def normal(*shape, scale=1.0):

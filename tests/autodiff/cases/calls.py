@@ -73,9 +73,10 @@ def _one_device_sharding():
 
 def _custom_vjp3_square():
     """scaled_square defined with jax_custom_vjp3 on (decided when the function is defined):
-    calls to it are call_hi_primitive equations. On a jax without the option, the plain one."""
+    calls to it are call_hi_primitive equations. On a jax without the option (0.9), the same
+    function as a hi-level primitive written by hand, which is what the option makes of it."""
     if not hasattr(jax.config, "jax_custom_vjp3"):
-        return scaled_square
+        return _hi_scaled_square
     previous = jax.config.jax_custom_vjp3
     jax.config.update("jax_custom_vjp3", True)
     try:
@@ -84,6 +85,26 @@ def _custom_vjp3_square():
     finally:
         jax.config.update("jax_custom_vjp3", previous)
     return f
+
+
+def _hi_scaled_square(x, s):
+    from jax._src.hijax import VJPHiPrimitive
+
+    class ScaledSquare(VJPHiPrimitive):
+        def __init__(self, x_aval, s_aval):
+            self.in_avals, self.out_aval, self.params = (x_aval, s_aval), x_aval, {}
+            super().__init__()
+
+        def expand(self, x, s):
+            return scaled_square(x, s)
+
+        def vjp_fwd(self, nzs_in, x, s):
+            return _scaled_square_fwd(x, s)
+
+        def vjp_bwd_retval(self, res, ct):
+            return _scaled_square_bwd(res, ct)
+
+    return ScaledSquare(jax.typeof(x), jax.typeof(s))(x, s)
 
 
 def _sin_times_x(remat):

@@ -8,6 +8,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.custom_batching import custom_vmap
 from jax.custom_derivatives import linear_call
 
+from funcbp.autodiff.compat import bind_equation  # jax 0.9 and 0.10 bind calls differently
 from tests.autodiff.cases import Case, args, normal, positive
 
 
@@ -17,13 +18,12 @@ def _body(a, b):
 
 def _closed_call(x, y):
     jaxpr = jax.make_jaxpr(_body)(x, y)
-    params = core.closed_call_p.get_bind_params({"call_jaxpr": jaxpr})
-    return core.closed_call_p.bind(x * 2.0, y, **params)
+    return bind_equation(core.closed_call_p, {"call_jaxpr": jaxpr}, [x * 2.0, y])
 
 
 def _core_call(x, y):
     jaxpr = jax.make_jaxpr(_body)(x, y).jaxpr
-    return core.call_p.bind(x, y * y, **core.call_p.get_bind_params({"call_jaxpr": jaxpr}))
+    return bind_equation(core.call_p, {"call_jaxpr": jaxpr}, [x, y * y])
 
 
 @custom_vmap

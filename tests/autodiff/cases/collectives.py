@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from funcbp.check.tables.collectives import register_cpu_pbroadcast
 from tests.autodiff.cases import Case, args, normal
 from tests.autodiff.cases.elementwise import ties
+from tests.jaxversion import all_gather_invariant
 
 # jax 0.10 lowers pbroadcast on GPU only; the suite gives it jax's documented equivalent on CPU
 register_cpu_pbroadcast()
@@ -50,7 +51,7 @@ def _gathers(w, x):
     h = x @ w  # [4, 2] per device
     a = lax.all_gather(h, "i", axis=1)  # stacked
     b = lax.all_gather(h, "i", axis=0, tiled=True)
-    c = lax.all_gather(jnp.cos(h), "i", to="invarying", tiled=True)
+    c = all_gather_invariant(jnp.cos(h), "i", tiled=True)
     d = lax.psum_scatter(h, "i", scatter_dimension=0, tiled=True)
     e = lax.all_to_all(h, "i", 0, 1, tiled=True)
     f = lax.ppermute(h, "i", [(0, 0)])
@@ -62,7 +63,7 @@ def _pmax_pmin(x):
 
 
 def _pmax_pmin_reference(x):
-    gathered = lax.all_gather(x, "i", to="invarying")
+    gathered = all_gather_invariant(x, "i")
     return jnp.max(gathered, 0) * x - jnp.min(gathered, 0)
 
 

@@ -198,14 +198,16 @@ CASES = [
     Case("lu_rectangular", _lu_rectangular, args(tall(3, 4, 2), tall(4, 3))),
     Case("triangular_solve_variants", _triangular_variants,
          args(triangular(3, 2), normal(2, 4, 3), normal(3))),
-    Case("qr_wide_complete_pivoting", _qr_variants, args(tall(3, 4, 2), tall(4, 3))),
+    Case("qr_wide_complete_pivoting", _qr_variants, args(tall(3, 4, 2), tall(4, 3)),
+         reference_features=("qr_vjp_wide_complete",)),
     Case("svd_thin_batched", _svd_thin, args(separated(4, 3, 2), separated(3, 4))),
     # jax differentiates eigh as a function of the whole (symmetric) matrix, not of the one
     # triangle it reads, so finite differences in non-symmetric directions disagree: fd=False
     Case("eigh_upper_unsymmetrized",
          lambda a: lax.linalg.eigh(a, lower=False, symmetrize_input=False),
          args(symmetric(3)), fd=False),
-    Case("eig_eigenvectors", _eig_all, args(nonsymmetric())),
+    Case("eig_eigenvectors", _eig_all, args(nonsymmetric()),
+         jax_features=("eig_eigvec_derivs",)),
     Case("custom_linear_solve_user_solvers", _solve_user, args(general(3), normal(3))),
     Case("custom_linear_solve_symmetric_aux", _solve_symmetric_aux, args(spd(3), normal(3))),
     # --- complex inputs (jax's convention; the rules registered with handles_complex=True) ---
@@ -213,7 +215,9 @@ CASES = [
         _shifted(cnormal(3, 3), 3 * jnp.eye(3)), chermitian(3), cnormal(4),
         _shifted(cnormal(4), 4.0), cnormal(4), cnormal(4, 2)), fd=False),
     Case("complex_qr_svd", _complex_qr_svd,
-         args(cseparated(4, 3), cseparated(3, 4), cseparated(3, 3)), fd=False),
+         args(cseparated(4, 3), cseparated(3, 4), cseparated(3, 3)), fd=False,
+         reference_features=("qr_vjp_wide_complete",)),
     Case("complex_eig_eigenvectors", _eig_all,
-         args(_shifted(cnormal(3, 3), jnp.diag(jnp.arange(3.0) * 3))), fd=False),
+         args(_shifted(cnormal(3, 3), jnp.diag(jnp.arange(3.0) * 3))), fd=False,
+         jax_features=("eig_eigvec_derivs",)),
 ]

@@ -49,7 +49,8 @@ def _run_state_by_hand(x, w):
 
 
 CASES = [
-    Case("new_ref_get_swap_addupdate", _refs, args(normal(4), normal(4))),
+    Case("new_ref_get_swap_addupdate", _refs, args(normal(4), normal(4)),
+         reference_features=("ref_slice_vjp",)),
     # jax cannot reverse run_state (its linearization fails) nor vmap its jvp: the reference is
     # the same program written with values
     Case("run_state", _run_state, args(normal(4), normal(4)), reference=_run_state_by_hand),
