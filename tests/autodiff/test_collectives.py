@@ -88,7 +88,8 @@ def test_shard_map_on_four_devices_matches_jax():
     """A data-parallel loss, every collective, both check_vma settings, a 2-D mesh."""
     root = pathlib.Path(__file__).resolve().parents[2]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root),
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+               + " --xla_force_host_platform_device_count=4")
     proc = subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name(
         "collectives_worker.py"))], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -17,9 +17,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def _env(devices: int | None = None) -> dict:
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
+    flags = os.environ.get("XLA_FLAGS", "").split()  # keep the suite's compile settings
+    flags = [f for f in flags if "xla_force_host_platform_device_count" not in f]
     if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    env["XLA_FLAGS"] = " ".join(flags)
     return env
 
 
