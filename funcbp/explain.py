@@ -198,18 +198,25 @@ def explain(f: Callable, *args: Any, cotangent: Any = None) -> Explanation:
 
     backward_rows = []
 
-    def observe(eqn: core.JaxprEqn, cts_out: list, cts_in: list) -> None:
-        rule = VJP_RULES.get(eqn.primitive)
-        rule_name = getattr(rule, "__name__", "rule")
-        arriving = ", ".join(f"{nm(v)}: {_type(v.aval)} |{_norm(c)}|"
-                             for v, c in zip(eqn.outvars, cts_out, strict=True) if c is not None)
-        sent = ", ".join(f"{nm(v)}: {_type(v.aval)} |{_norm(c)}|"
-                         for v, c in zip(eqn.invars, cts_in, strict=True) if c is not None)
-        backward_rows.append([str(step_of.get(id(eqn), "?")),
-                              f"{eqn.primitive.name} ({rule_name})", arriving or "-",
-                              sent or "- (no gradient)"])
+    class Observe(interpreter.Hooks):
+        """Records each rule application of this jaxpr's walk (nested walks' are left out:
+        their equations are not rows of this table)."""
 
-    grads = interpreter.backward(record, cts, observer=observe)
+        def backward_eqn(self, eqn, invals, outs, cts_out, cts_in):
+            if id(eqn) not in step_of:
+                return
+            rule = VJP_RULES.get(eqn.primitive)
+            rule_name = getattr(rule, "__name__", "rule")
+            arriving = ", ".join(f"{nm(v)}: {_type(v.aval)} |{_norm(c)}|"
+                                 for v, c in zip(eqn.outvars, cts_out, strict=True)
+                                 if c is not None)
+            sent = ", ".join(f"{nm(v)}: {_type(v.aval)} |{_norm(c)}|"
+                             for v, c in zip(eqn.invars, cts_in, strict=True) if c is not None)
+            backward_rows.append([str(step_of[id(eqn)]), f"{eqn.primitive.name} ({rule_name})",
+                                  arriving or "-", sent or "- (no gradient)"])
+
+    with interpreter.hooks(Observe()):
+        grads = interpreter.backward(record, cts)
     gradients = []
     for i, ((path, _), v, g) in enumerate(zip(path_leaves, jaxpr.invars, grads, strict=True)):
         where = f"args{keystr(path)}"

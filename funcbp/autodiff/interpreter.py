@@ -307,12 +307,11 @@ def _forward_eqn(eqn: core.JaxprEqn, i: int, invals: list, needs: tuple, record:
 
 # --- backward ----------------------------------------------------------------------------------
 
-def backward(record: Record, cts_out: list[Any], observer: Any = None) -> list[Any]:
+def backward(record: Record, cts_out: list[Any]) -> list[Any]:
     """Pulls the output cotangents ``cts_out`` back to the jaxpr's inputs (None = zero).
 
-    ``observer``, if given, is called as ``observer(eqn, cts_out, cts_in)`` after each rule is
-    applied (``cts_in`` with None where no cotangent flows); ``funcbp.explain`` uses it. The
-    installed :class:`Hooks` see every rule application of this walk and of nested ones.
+    The installed :class:`Hooks` see every rule application of this walk and of nested ones
+    (``funcbp.explain``, ``funcbp.debug``).
 
     What travels is the installed :class:`Carrier`'s business (:func:`carrier`): by default the
     plain cotangent and the VJP rule; ``funcbp.quantities`` installs one whose values carry
@@ -340,8 +339,6 @@ def backward(record: Record, cts_out: list[Any], observer: Any = None) -> list[A
                     ct = ct()  # rules may defer work that only some inputs need
                 walk.accumulate(cotangents, active, v, ct, f"the '{eqn.primitive.name}' rule")
             computed.append(ct if need and not callable(ct) else None)
-        if observer is not None:
-            observer(eqn, cts, computed)
         for h in installed:
             h.backward_eqn(eqn, invals, outs, cts, computed)
     return [cotangents.pop(v, None) if v in active else None for v in jaxpr.invars]
