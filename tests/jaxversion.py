@@ -21,18 +21,11 @@ from collections.abc import Callable
 import jax
 import pytest
 
-__all__ = ["FEATURES", "all_gather_invariant", "lacks", "missing", "requires", "skip_without"]
+__all__ = ["FEATURES", "lacks", "missing", "requires", "skip_without"]
 
 
 def _has_param(fun: Callable, name: str) -> bool:
     return name in inspect.signature(fun).parameters
-
-
-def _all_gather_to_invarying() -> bool:
-    from jax._src.lax import parallel
-
-    source = inspect.getsource(parallel.all_gather)
-    return "'invarying'" in source or '"invarying"' in source
 
 
 def _qr_vjp_wide_complete() -> bool:
@@ -78,8 +71,6 @@ FEATURES: dict[str, tuple[str, str, Callable[[], bool]]] = {
     "tridiagonal_perturb_singular": (
         "jax.lax.linalg.tridiagonal_solve(perturb_singular=...)", "added in jax 0.10.0",
         lambda: _has_param(jax.lax.linalg.tridiagonal_solve, "perturb_singular")),
-    "all_gather_invarying": (
-        "jax.lax.all_gather(to='invarying')", "added in jax 0.10.0", _all_gather_to_invarying),
     "erfcx": ("jax.scipy.special.erfcx", "added in jax 0.10.0",
               lambda: hasattr(jax.scipy.special, "erfcx")),
     "qr_vjp_wide_complete": (
@@ -129,12 +120,3 @@ def requires(*features: str) -> pytest.MarkDecorator:
     reason = lacks(*features)
     return pytest.mark.skipif(bool(reason), reason=reason)
 
-
-def all_gather_invariant(x, axis_name, **kwargs):
-    """``lax.all_gather(x, axis_name, to='invarying', **kwargs)``: the same primitive
-    (``all_gather_invariant``) on every supported jax; jax 0.9 spells it differently."""
-    if missing("all_gather_invarying") is None:
-        return jax.lax.all_gather(x, axis_name, to="invarying", **kwargs)
-    from jax._src.lax import parallel
-
-    return parallel.all_gather_invariant(x, axis_name, **kwargs)

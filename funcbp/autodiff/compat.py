@@ -19,6 +19,9 @@ so that supporting another jax release means reading this file, not the whole pa
   makes manual (``manual_axes`` in 0.9, ``newly_manual_axes`` from 0.10) and binding one whose
   output specs are known only after tracing its body (an ``out_specs_thunk`` in 0.9, a
   ``FlatTree`` carrying the specs from 0.10).
+- :func:`all_gather_invariant`: ``lax.all_gather(..., to="invarying")`` from jax 0.10; jax 0.9
+  has the same primitive only as ``jax._src.lax.parallel.all_gather_invariant`` (the rule table
+  of ``funcbp check`` and the tests build it through this function).
 - :data:`NOT_IN_EVERY_VERSION`: primitives that exist in only part of the supported range, so
   ``funcbp.autodiff.coverage`` does not call an exclusion of one stale on a jax without it.
 
@@ -42,9 +45,9 @@ from jax._src import linear_util as lu
 from jax._src.interpreters import partial_eval as pe
 from jax._src.state import discharge as _state_discharge
 
-__all__ = ["NOT_IN_EVERY_VERSION", "bind_equation", "bind_shard_map", "custom_vjp_subfuns",
-           "discharge_state", "hi_primitive", "is_concrete", "shard_map_manual_axes",
-           "trace_concrete", "varying_axes"]
+__all__ = ["NOT_IN_EVERY_VERSION", "all_gather_invariant", "bind_equation", "bind_shard_map",
+           "custom_vjp_subfuns", "discharge_state", "hi_primitive", "is_concrete",
+           "shard_map_manual_axes", "trace_concrete", "varying_axes"]
 
 _JAX_0_10 = tuple(int(p) for p in jax.__version__.split(".")[:2]) >= (0, 10)
 
@@ -148,6 +151,16 @@ def bind_shard_map(body: Callable, args: list, *, mesh: Any, in_specs: Any, chec
                            in_specs=tuple(in_specs), out_specs_thunk=lambda: tuple(specs),
                            check_vma=check_vma, manual_axes=manual_axes)
     return list(out)
+
+
+def all_gather_invariant(x: Any, axis_name: Any, **kwargs: Any) -> Any:
+    """``lax.all_gather(x, axis_name, to="invarying", **kwargs)`` (jax >= 0.10, the spelling
+    users write); on jax 0.9 the same ``all_gather_invariant`` primitive by its own function."""
+    if _JAX_0_10:
+        return jax.lax.all_gather(x, axis_name, to="invarying", **kwargs)
+    from jax._src.lax import parallel
+
+    return parallel.all_gather_invariant(x, axis_name, **kwargs)
 
 
 def is_concrete(x: Any) -> bool:

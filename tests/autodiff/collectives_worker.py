@@ -16,8 +16,8 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 import funcbp
+from funcbp.autodiff.compat import all_gather_invariant
 from funcbp.check.tables.collectives import register_cpu_pbroadcast
-from tests.jaxversion import all_gather_invariant
 
 jax.config.update("jax_enable_x64", True)
 register_cpu_pbroadcast()  # jax 0.10 lowers pbroadcast on GPU only

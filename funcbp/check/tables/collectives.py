@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax._src.lax import parallel
 from jax.sharding import PartitionSpec as Spec
 
+from funcbp.autodiff.compat import all_gather_invariant
 from funcbp.check.rules import N, Sample
 
 F64 = ("float64",)
@@ -85,8 +85,7 @@ def _gathers(w, x):
         h = x @ w
         a = lax.all_gather(h, "i", axis=1)
         b = lax.all_gather(h, "i", tiled=True)
-        # lax.all_gather(to="invarying") from jax 0.10; jax 0.9 has only this spelling
-        c = parallel.all_gather_invariant(jnp.cos(h), "i", tiled=True)
+        c = all_gather_invariant(jnp.cos(h), "i", tiled=True)
         d = lax.psum_scatter(h, "i", tiled=True)
         e = lax.all_to_all(h, "i", 0, 1, tiled=True)
         f = lax.ppermute(h, "i", [(0, 0)])

@@ -16,10 +16,10 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from funcbp.autodiff.compat import all_gather_invariant
 from funcbp.check.tables.collectives import register_cpu_pbroadcast
 from tests.autodiff.cases import Case, args, normal
 from tests.autodiff.cases.elementwise import ties
-from tests.jaxversion import all_gather_invariant
 
 # jax 0.10 lowers pbroadcast on GPU only; the suite gives it jax's documented equivalent on CPU
 register_cpu_pbroadcast()
